@@ -1,0 +1,162 @@
+//! Every setting of chatrun, read from the environment in this one place.
+//!
+//! Lambda `main`s and the `chatrun` binary call the `from_env` functions once at start-up, so a
+//! bad value fails the cold start with a clear message instead of a request later.
+
+use std::time::Duration;
+
+/// A setting that is missing or malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {name}: {problem}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub problem: String,
+}
+
+fn var(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parse_var<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError {
+            name,
+            problem: format!("cannot parse {raw:?}: {e}"),
+        }),
+    }
+}
+
+/// Settings of the engine (sessions, streaming, tokens, limits).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `CHAT_MAX_TURNS` (100): a session ends after this many turns.
+    pub max_turns: u32,
+    /// `CHAT_SESSION_IDLE_SECS` (3600): a session with no turn for this long has ended.
+    pub session_idle: Duration,
+    /// `CHAT_TOKEN_SECRET`: the HS256 key of every token. Required in production; the local
+    /// gateway makes and keeps one in its data directory when unset.
+    pub token_secret: String,
+    /// `CHAT_USER_TOKEN_SECS` (30 days): lifetime of a user token.
+    pub user_token_ttl: Duration,
+    /// `CHAT_FRAME_INTERVAL_MS` (50): deltas are coalesced into one frame for about this long.
+    pub frame_interval: Duration,
+    /// `CHAT_FRAME_MAX_BYTES` (4096): a frame is sent early once its deltas reach this size.
+    pub frame_max_bytes: usize,
+    /// `CHAT_STALE_TURN_SECS` (960): a turn still marked streaming after this long has lost its
+    /// worker (Lambda's 15-minute cap has passed), so a new message may start another.
+    pub stale_turn_after: Duration,
+    /// `CHAT_MAX_RECEIVES` (3): receives of a turn job before it goes to the dead-letter queue.
+    pub max_receives: u32,
+}
+
+/// A client frame may be at most this large (API Gateway's WebSocket frame size).
+pub const MAX_CLIENT_FRAME_BYTES: usize = 32 * 1024;
+/// API Gateway's WebSocket message limit; the gateway closes the connection past it.
+pub const MAX_WEBSOCKET_MESSAGE_BYTES: usize = 128 * 1024;
+/// Stream events are kept this long after they are written.
+pub const STREAM_EVENT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// API Gateway closes every WebSocket connection after two hours.
+pub const CONNECTION_TTL: Duration = Duration::from_secs(2 * 3600);
+/// How many chats a page of the chat list holds.
+pub const CHAT_PAGE_SIZE: usize = 20;
+/// Longest title kept, in characters.
+pub const MAX_TITLE_CHARS: usize = 80;
+
+impl Settings {
+    /// Reads the settings.
+    /// # Errors
+    /// A setting that does not parse, or no `CHAT_TOKEN_SECRET` when `require_secret` is set.
+    pub fn from_env(require_secret: bool) -> Result<Self, ConfigError> {
+        let token_secret = var("CHAT_TOKEN_SECRET").unwrap_or_default();
+        if require_secret && token_secret.len() < 16 {
+            return Err(ConfigError {
+                name: "CHAT_TOKEN_SECRET",
+                problem: "must be set to at least 16 characters".into(),
+            });
+        }
+        let secs = |name, default| parse_var::<u64>(name, default).map(Duration::from_secs);
+        Ok(Settings {
+            max_turns: parse_var("CHAT_MAX_TURNS", 100)?,
+            session_idle: secs("CHAT_SESSION_IDLE_SECS", 3600)?,
+            token_secret,
+            user_token_ttl: secs("CHAT_USER_TOKEN_SECS", 30 * 24 * 3600)?,
+            frame_interval: Duration::from_millis(parse_var("CHAT_FRAME_INTERVAL_MS", 50)?),
+            frame_max_bytes: parse_var("CHAT_FRAME_MAX_BYTES", 4096)?,
+            stale_turn_after: secs("CHAT_STALE_TURN_SECS", 960)?,
+            max_receives: parse_var("CHAT_MAX_RECEIVES", 3)?,
+        })
+    }
+
+    /// Defaults with the given secret (tests and tools).
+    pub fn with_secret(secret: impl Into<String>) -> Self {
+        Settings {
+            max_turns: 100,
+            session_idle: Duration::from_secs(3600),
+            token_secret: secret.into(),
+            user_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            frame_interval: Duration::from_millis(50),
+            frame_max_bytes: 4096,
+            stale_turn_after: Duration::from_secs(960),
+            max_receives: 3,
+        }
+    }
+}
+
+/// Which model answers, from `OPENAI_API_KEY`, `OPENAI_BASE_URL`, `ANTHROPIC_API_KEY`,
+/// `CHAT_MODEL` and `CHAT_OFFLINE_TOKENS_PER_SEC`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSettings {
+    /// Any OpenAI-compatible server (OpenAI, Ollama, vLLM, llama.cpp, OpenRouter).
+    OpenAi {
+        api_key: String,
+        base_url: Option<String>,
+        model: String,
+    },
+    /// Anthropic through its OpenAI-compatible endpoint.
+    Anthropic { api_key: String, model: String },
+    /// The built-in offline model (no key set).
+    Offline { tokens_per_sec: f64 },
+}
+
+/// Anthropic's OpenAI-compatible endpoint.
+pub const ANTHROPIC_OPENAI_BASE_URL: &str = "https://api.anthropic.com/v1";
+
+impl ModelSettings {
+    /// # Errors
+    /// `CHAT_OFFLINE_TOKENS_PER_SEC` that is not a positive number.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        if let Some(api_key) = var("OPENAI_API_KEY") {
+            return Ok(ModelSettings::OpenAi {
+                api_key,
+                base_url: var("OPENAI_BASE_URL"),
+                model: var("CHAT_MODEL").unwrap_or_else(|| "gpt-4o-mini".into()),
+            });
+        }
+        if let Some(api_key) = var("ANTHROPIC_API_KEY") {
+            return Ok(ModelSettings::Anthropic {
+                api_key,
+                model: var("CHAT_MODEL").unwrap_or_else(|| "claude-sonnet-4-5".into()),
+            });
+        }
+        // A keyless local server (Ollama, llama.cpp) is named by its base URL alone.
+        if let Some(base_url) = var("OPENAI_BASE_URL") {
+            return Ok(ModelSettings::OpenAi {
+                api_key: "none".into(),
+                base_url: Some(base_url),
+                model: var("CHAT_MODEL").unwrap_or_else(|| "llama3.2".into()),
+            });
+        }
+        let tokens_per_sec: f64 = parse_var("CHAT_OFFLINE_TOKENS_PER_SEC", 40.0)?;
+        if !(tokens_per_sec > 0.0) {
+            return Err(ConfigError {
+                name: "CHAT_OFFLINE_TOKENS_PER_SEC",
+                problem: "must be a positive number".into(),
+            });
+        }
+        Ok(ModelSettings::Offline { tokens_per_sec })
+    }
+}

@@ -1,0 +1,324 @@
+//! The ports: small traits the engine is written against and the adapters implement.
+//!
+//! Adapters: `crates/embedded` (SQLite, in-process), `crates/aws` (DynamoDB, SQS, API Gateway),
+//! `crates/models` (OpenAI-compatible and offline models), and in-memory ones in
+//! [`crate::testkit`] for unit tests. Every adapter runs the conformance suites of
+//! [`crate::testkit`], so what each method promises here is what every backend does.
+//!
+//! Times are epoch milliseconds. "Expired" means `expires_at <= now`: stores treat expired
+//! items as gone even when the backend has not deleted them yet (DynamoDB's TTL is late).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::FinishReason;
+use crate::domain::{
+    Chat, ChatId, ChatPage, ChatSession, Connection, Millis, StreamEvent, TurnJob,
+};
+use crate::error::{ModelError, PostError, QueueError, StoreError};
+use crate::message::UIMessage;
+
+/// How many subscriptions one connection holds at most; subscribing to one more drops the oldest.
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 10;
+
+/// Durable state: chats, messages, sessions, stream events, connections and subscriptions.
+#[async_trait]
+pub trait ChatStore: Send + Sync {
+    /// Creates a chat.
+    /// # Errors
+    /// `Conflict` when a chat with this id exists (whoever owns it).
+    async fn create_chat(&self, chat: &Chat) -> Result<(), StoreError>;
+
+    /// The chat, or `None`.
+    async fn get_chat(&self, chat_id: &ChatId) -> Result<Option<Chat>, StoreError>;
+
+    /// One page of the owner's chats, most recently updated first. `cursor` is a value an
+    /// earlier page returned as `next_cursor`.
+    /// # Errors
+    /// `BadCursor` when the cursor was not made by this store.
+    async fn list_chats(
+        &self,
+        owner_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ChatPage, StoreError>;
+
+    /// Sets the title and `updated_at`, and returns the updated chat.
+    /// # Errors
+    /// `NotFound` when the chat does not exist.
+    async fn rename_chat(
+        &self,
+        chat_id: &ChatId,
+        title: &str,
+        now: Millis,
+    ) -> Result<Chat, StoreError>;
+
+    /// Deletes the chat with its messages, session, subscriptions and the stream events of its
+    /// current run. Deleting a missing chat succeeds.
+    async fn delete_chat(&self, chat_id: &ChatId) -> Result<(), StoreError>;
+
+    /// Appends a message at the end of the chat's history, sets the chat's `updated_at` to
+    /// `now` and adds one to `message_count`. Exactly once per message id.
+    /// # Errors
+    /// `Conflict` when the chat already has a message with this id (nothing is written);
+    /// `NotFound` when the chat does not exist; `TooLarge` when the backend cannot hold it.
+    async fn append_message(
+        &self,
+        chat_id: &ChatId,
+        message: &UIMessage,
+        now: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// The whole history, oldest first (no size limit: one item per message).
+    async fn messages(&self, chat_id: &ChatId) -> Result<Vec<UIMessage>, StoreError>;
+
+    /// Deletes the message with this id and every later one (regenerate), returning how many
+    /// were deleted. `message_count` drops accordingly.
+    /// # Errors
+    /// `NotFound` when the chat has no message with this id.
+    async fn delete_messages_from(
+        &self,
+        chat_id: &ChatId,
+        message_id: &str,
+    ) -> Result<u64, StoreError>;
+
+    /// The chat's session, whatever its status or expiry (the engine decides what expiry
+    /// means for a session, so that it can replace it with a conditional write).
+    async fn get_session(&self, chat_id: &ChatId) -> Result<Option<ChatSession>, StoreError>;
+
+    /// Writes the session if the stored one is at `expected_version` (`None`: no session is
+    /// stored), and returns it as stored, with `version` set to `expected_version + 1`
+    /// (`1` for a new one). The `version` field of the argument is ignored.
+    /// # Errors
+    /// `Conflict` when the stored session is at another version; nothing is written.
+    async fn put_session(
+        &self,
+        session: &ChatSession,
+        expected_version: Option<u64>,
+    ) -> Result<ChatSession, StoreError>;
+
+    /// Persists a stream event, exactly once per `(run_id, first_event_id)`.
+    /// # Errors
+    /// `Conflict` when an event with this first id exists for the run (another worker got
+    /// there first); nothing is written.
+    async fn append_event(&self, event: &StreamEvent) -> Result<(), StoreError>;
+
+    /// The run's unexpired events holding any chunk with an id above `after_event_id`, in
+    /// order. The first may start at or before `after_event_id` (callers drop what they have).
+    async fn events_after(
+        &self,
+        run_id: &str,
+        after_event_id: u64,
+        now: Millis,
+    ) -> Result<Vec<StreamEvent>, StoreError>;
+
+    /// The id of the run's last persisted chunk, `0` when it has none.
+    async fn last_event_id(&self, run_id: &str, now: Millis) -> Result<u64, StoreError>;
+
+    /// Records an open connection (replacing one with the same id).
+    async fn put_connection(&self, connection: &Connection) -> Result<(), StoreError>;
+
+    /// The connection, or `None` when unknown or expired.
+    async fn get_connection(
+        &self,
+        connection_id: &str,
+        now: Millis,
+    ) -> Result<Option<Connection>, StoreError>;
+
+    /// Removes the connection and all its subscriptions. Removing an unknown one succeeds.
+    async fn delete_connection(&self, connection_id: &str) -> Result<(), StoreError>;
+
+    /// Subscribes the connection to the chat's frames until `expires_at`, refreshing an existing
+    /// subscription. A connection holds at most [`MAX_SUBSCRIPTIONS_PER_CONNECTION`]: one more
+    /// drops its least recently subscribed one.
+    async fn subscribe(
+        &self,
+        chat_id: &ChatId,
+        connection_id: &str,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// Ends one subscription; ending a missing one succeeds.
+    async fn unsubscribe(&self, chat_id: &ChatId, connection_id: &str) -> Result<(), StoreError>;
+
+    /// The ids of the connections subscribed to the chat and not expired.
+    async fn subscribers(&self, chat_id: &ChatId, now: Millis) -> Result<Vec<String>, StoreError>;
+
+    /// The session and the subscribers together: what run-turn reads between frames. Backends
+    /// that can answer both with one request (DynamoDB: one Query) override this.
+    async fn session_and_subscribers(
+        &self,
+        chat_id: &ChatId,
+        now: Millis,
+    ) -> Result<(Option<ChatSession>, Vec<String>), StoreError> {
+        Ok((
+            self.get_session(chat_id).await?,
+            self.subscribers(chat_id, now).await?,
+        ))
+    }
+}
+
+/// The producer side of the durable turn queue (SQS FIFO on AWS).
+#[async_trait]
+pub trait TurnQueue: Send + Sync {
+    /// Enqueues the job in the FIFO group `job.group_id()`. A second job with the same
+    /// `job.deduplication_id()` within five minutes is accepted and dropped.
+    async fn enqueue(&self, job: &TurnJob) -> Result<(), QueueError>;
+}
+
+/// Which queue a consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueName {
+    Turns,
+    /// Where a job lands after failing `max_receives` times.
+    DeadLetters,
+}
+
+/// A received queue message, as SQS hands it to Lambda.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedTurn {
+    pub message_id: String,
+    pub receipt_handle: String,
+    /// The raw body (a `TurnJob` as JSON, unless something else put it there).
+    pub body: String,
+    pub group_id: String,
+    pub deduplication_id: String,
+    /// How many times it has been received, this time included.
+    pub receive_count: u32,
+    pub sent_at: Millis,
+}
+
+/// The consumer side of the queue, used where chatrun itself plays SQS's event source mapping
+/// (the local gateway); on AWS, Lambda does this.
+#[async_trait]
+pub trait TurnQueueConsumer: Send + Sync {
+    /// Up to `max` visible messages, oldest first, waiting up to `wait` for the first. FIFO:
+    /// while a message of a group is in flight, no later message of that group is returned,
+    /// and a batch holds a group's messages in order. A returned message stays invisible for the
+    /// visibility timeout; one received more than the queue's max-receives moves to the dead
+    /// letter queue instead of being returned.
+    async fn receive(
+        &self,
+        queue: QueueName,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedTurn>, QueueError>;
+
+    /// Deletes a received message. An outdated receipt handle is ignored.
+    async fn delete(&self, queue: QueueName, receipt_handle: &str) -> Result<(), QueueError>;
+
+    /// The ARN that `SqsMessage::event_source_arn` carries for messages of this queue.
+    fn source_arn(&self, queue: QueueName) -> String;
+}
+
+/// Posts frames to WebSocket connections (API Gateway's `@connections` API).
+#[async_trait]
+pub trait Connections: Send + Sync {
+    /// Sends one text frame.
+    /// # Errors
+    /// `Gone` when the connection is closed for good (the caller drops it and does not retry);
+    /// `Transient` when throttled or unreachable after retries.
+    async fn post(&self, connection_id: &str, frame: &str) -> Result<(), PostError>;
+
+    /// Closes the connection. Closing an unknown one answers `Gone`.
+    async fn close(&self, connection_id: &str) -> Result<(), PostError>;
+}
+
+/// Token usage of one reply, stored in the assistant message's metadata (`usage`), in the
+/// shape of the AI SDK's `LanguageModelUsage`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_input_tokens: Option<u64>,
+}
+
+/// What a model streams.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelEvent {
+    TextDelta(String),
+    ReasoningDelta(String),
+    /// The last event of a successful stream.
+    Finish {
+        reason: FinishReason,
+        usage: Option<Usage>,
+    },
+}
+
+/// A model's reply as it streams. Dropping it cancels the upstream request.
+pub type ModelStream = BoxStream<'static, Result<ModelEvent, ModelError>>;
+
+/// One reply to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRequest {
+    /// A model id from [`LanguageModel::models`].
+    pub model: String,
+    /// The history, oldest first, ending with the user's message.
+    pub messages: Vec<UIMessage>,
+}
+
+/// A model a user can pick (`GET /api/models`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub id: String,
+    pub label: String,
+    pub offline: bool,
+}
+
+/// A chat model that streams.
+#[async_trait]
+pub trait LanguageModel: Send + Sync {
+    /// Starts a reply.
+    /// # Errors
+    /// `Unavailable` or `Rejected` when nothing could be streamed; failures after the first
+    /// event arrive in the stream as `Err(ModelError::Stream)`, which ends it.
+    async fn stream(&self, request: ModelRequest) -> Result<ModelStream, ModelError>;
+
+    /// The models this provider offers.
+    fn models(&self) -> Vec<ModelInfo>;
+
+    /// The model used when a chat names none (or one this provider does not offer).
+    fn default_model(&self) -> String;
+}
+
+/// The time, in epoch milliseconds.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Millis;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Millis {
+        chrono::Utc::now().timestamp_millis()
+    }
+}
+
+/// Makes ids for runs and messages.
+pub trait IdGenerator: Send + Sync {
+    fn new_id(&self) -> String;
+}
+
+/// Random UUIDs (v4).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UuidIds;
+
+impl IdGenerator for UuidIds {
+    fn new_id(&self) -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+}

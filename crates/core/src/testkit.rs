@@ -1,0 +1,1 @@
+//! In-memory adapters and port conformance suites (feature `test-util`).
