@@ -151,12 +151,52 @@ impl ModelSettings {
             });
         }
         let tokens_per_sec: f64 = parse_var("CHAT_OFFLINE_TOKENS_PER_SEC", 40.0)?;
-        if !(tokens_per_sec > 0.0) {
+        if !tokens_per_sec.is_finite() || tokens_per_sec <= 0.0 {
             return Err(ConfigError {
                 name: "CHAT_OFFLINE_TOKENS_PER_SEC",
                 problem: "must be a positive number".into(),
             });
         }
         Ok(ModelSettings::Offline { tokens_per_sec })
+    }
+}
+
+/// Names of the AWS resources, for the Lambda functions and `chatrun serve --backend aws`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AwsSettings {
+    /// `CHAT_TABLE_NAME`: the single DynamoDB table.
+    pub table_name: String,
+    /// `CHAT_TURN_QUEUE_URL`: the FIFO turn queue.
+    pub turn_queue_url: Option<String>,
+    /// `CHAT_DEAD_LETTER_QUEUE_URL`: its dead-letter queue (the local gateway polls it).
+    pub dead_letter_queue_url: Option<String>,
+    /// `CHAT_DEAD_LETTER_QUEUE_ARN`: run-turn treats records from this queue as dead letters.
+    pub dead_letter_queue_arn: Option<String>,
+    /// `CHAT_TOKEN_SECRET_ARN`: Secrets Manager secret holding the token secret, read at cold
+    /// start so the secret never sits in the function's environment.
+    pub token_secret_arn: Option<String>,
+    /// `CHAT_MODEL_API_KEY_SECRET_ARN`: Secrets Manager secret holding the model API key.
+    pub model_api_key_secret_arn: Option<String>,
+    /// `CHAT_WS_MANAGEMENT_ENDPOINT`: `https://{api}.execute-api.{region}.amazonaws.com/{stage}`;
+    /// when unset, handlers derive it from the event's domain and stage.
+    pub management_endpoint: Option<String>,
+}
+
+impl AwsSettings {
+    /// # Errors
+    /// No `CHAT_TABLE_NAME`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(AwsSettings {
+            table_name: var("CHAT_TABLE_NAME").ok_or(ConfigError {
+                name: "CHAT_TABLE_NAME",
+                problem: "must name the DynamoDB table".into(),
+            })?,
+            turn_queue_url: var("CHAT_TURN_QUEUE_URL"),
+            dead_letter_queue_url: var("CHAT_DEAD_LETTER_QUEUE_URL"),
+            dead_letter_queue_arn: var("CHAT_DEAD_LETTER_QUEUE_ARN"),
+            token_secret_arn: var("CHAT_TOKEN_SECRET_ARN"),
+            model_api_key_secret_arn: var("CHAT_MODEL_API_KEY_SECRET_ARN"),
+            management_endpoint: var("CHAT_WS_MANAGEMENT_ENDPOINT"),
+        })
     }
 }

@@ -1,1 +1,56 @@
-//! placeholder
+//! # chatrun-embedded
+//!
+//! The adapters behind `chatrun serve`'s default backend: everything in one process and one
+//! data directory, nothing to install.
+//!
+//! # Layout
+//! - [`store`]: `SqliteChatStore`, the `ChatStore` on one SQLite file (WAL), surviving restarts.
+//! - [`queue`]: `SqliteTurnQueue`, a durable queue with the SQS FIFO semantics run-turn relies
+//!   on: message groups, deduplication ids, visibility timeout, receive counts, dead letters.
+//! - [`connections`]: `InProcessConnections`, the registry of the gateway's open WebSockets,
+//!   implementing `Connections` the way API Gateway's `@connections` API behaves.
+
+pub mod connections;
+pub mod queue;
+pub mod store;
+
+pub use connections::{ConnectionInfo, InProcessConnections, Outbound};
+pub use queue::SqliteTurnQueue;
+pub use store::SqliteChatStore;
+
+use chatrun_core::error::{QueueError, StoreError};
+
+/// SQLite reports contention as busy/locked: trying again helps. Anything else will not.
+fn is_transient(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn store_error(e: rusqlite::Error) -> StoreError {
+    if is_transient(&e) {
+        StoreError::Transient(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+fn queue_error(e: rusqlite::Error) -> QueueError {
+    if is_transient(&e) {
+        QueueError::Transient(e.to_string())
+    } else {
+        QueueError::Backend(e.to_string())
+    }
+}
+
+/// Opens a SQLite file tuned for many small writes: WAL, `synchronous=NORMAL` (durable across
+/// process crashes; an OS crash may lose the last transactions), and a busy timeout.
+fn open_connection(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}

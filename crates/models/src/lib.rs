@@ -1,1 +1,44 @@
-//! placeholder
+//! # chatrun-models
+//!
+//! The `LanguageModel` adapters.
+//!
+//! # Layout
+//! - [`openai`]: `OpenAiModel`, streaming chat completions from any OpenAI-compatible server
+//!   (OpenAI, Ollama, vLLM, llama.cpp's server, OpenRouter) and from Anthropic through its
+//!   OpenAI-compatible endpoint, on `async-openai`.
+//! - [`offline`]: `OfflineModel`, a deterministic built-in model so the app runs with no key and
+//!   no network.
+
+pub mod offline;
+pub mod openai;
+
+use std::sync::Arc;
+
+use chatrun_core::config::{ANTHROPIC_OPENAI_BASE_URL, ModelSettings};
+use chatrun_core::ports::LanguageModel;
+
+pub use offline::OfflineModel;
+pub use openai::OpenAiModel;
+
+/// The model the settings select.
+pub fn model_from_settings(settings: &ModelSettings) -> Arc<dyn LanguageModel> {
+    match settings {
+        ModelSettings::OpenAi {
+            api_key,
+            base_url,
+            model,
+        } => Arc::new(OpenAiModel::new(
+            api_key,
+            base_url.as_deref(),
+            model,
+            "OpenAI-compatible",
+        )),
+        ModelSettings::Anthropic { api_key, model } => Arc::new(OpenAiModel::new(
+            api_key,
+            Some(ANTHROPIC_OPENAI_BASE_URL),
+            model,
+            "Anthropic",
+        )),
+        ModelSettings::Offline { tokens_per_sec } => Arc::new(OfflineModel::new(*tokens_per_sec)),
+    }
+}

@@ -1,0 +1,285 @@
+//! `SqliteTurnQueue`: a durable queue with the SQS FIFO semantics run-turn relies on.
+//!
+//! - **Message groups**: while a group has a message in flight, none of its later messages is
+//!   handed out; a batch may hold several messages of a group, in order.
+//! - **Deduplication**: a second message with the same deduplication id within five minutes is
+//!   accepted and dropped.
+//! - **Visibility timeout**: a received message is invisible until it is deleted or the timeout
+//!   passes; then it is received again with a higher receive count.
+//! - **Dead letters**: a message received `max_receives` times moves to the dead-letter queue
+//!   on its next receive, as SQS's redrive policy does.
+//!
+//! Messages live in SQLite, so queued and in-flight turns survive a restart.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chatrun_core::domain::{Millis, TurnJob};
+use chatrun_core::error::QueueError;
+use chatrun_core::ports::{QueueName, ReceivedTurn, TurnQueue, TurnQueueConsumer};
+use rusqlite::{OptionalExtension, params};
+use tokio::sync::Notify;
+
+use crate::queue_error;
+
+/// SQS's deduplication interval.
+const DEDUPLICATION_WINDOW_MS: i64 = 5 * 60 * 1000;
+/// How often a waiting receive looks again for messages whose visibility timeout has passed.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue_messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    deduplication_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    visible_at INTEGER NOT NULL DEFAULT 0,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_messages_by_queue ON queue_messages (queue, seq);
+CREATE TABLE IF NOT EXISTS queue_deduplication (
+    deduplication_id TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+);
+";
+
+fn queue_key(queue: QueueName) -> &'static str {
+    match queue {
+        QueueName::Turns => "turns",
+        QueueName::DeadLetters => "dead-letters",
+    }
+}
+
+fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The durable turn queue and its dead-letter queue, in one SQLite file.
+pub struct SqliteTurnQueue {
+    conn: Mutex<rusqlite::Connection>,
+    visibility_timeout: Duration,
+    max_receives: u32,
+    arrived: Notify,
+}
+
+impl SqliteTurnQueue {
+    /// Opens (creating if needed) the queue at `path`.
+    /// # Errors
+    /// The file cannot be opened or the schema cannot be created.
+    pub fn open(
+        path: impl AsRef<Path>,
+        visibility_timeout: Duration,
+        max_receives: u32,
+    ) -> Result<Self, QueueError> {
+        let conn = crate::open_connection(path.as_ref()).map_err(queue_error)?;
+        conn.execute_batch(SCHEMA).map_err(queue_error)?;
+        Ok(SqliteTurnQueue {
+            conn: Mutex::new(conn),
+            visibility_timeout,
+            max_receives: max_receives.max(1),
+            arrived: Notify::new(),
+        })
+    }
+
+    /// Enqueues a raw body (what `enqueue` does with a job's JSON; tests use it for bad records).
+    pub fn send_raw(
+        &self,
+        group_id: &str,
+        deduplication_id: &str,
+        body: &str,
+    ) -> Result<(), QueueError> {
+        let now = now_millis();
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| QueueError::Backend("queue lock poisoned".into()))?;
+        let tx = conn.transaction().map_err(queue_error)?;
+        tx.execute(
+            "DELETE FROM queue_deduplication WHERE expires_at <= ?1",
+            [now],
+        )
+        .map_err(queue_error)?;
+        let fresh = tx
+            .execute(
+                "INSERT INTO queue_deduplication (deduplication_id, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![deduplication_id, now + DEDUPLICATION_WINDOW_MS],
+            )
+            .map_err(queue_error)?;
+        if fresh == 1 {
+            tx.execute(
+                "INSERT INTO queue_messages (queue, message_id, group_id, deduplication_id, body, sent_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![queue_key(QueueName::Turns), uuid::Uuid::new_v4().to_string(), group_id, deduplication_id, body, now],
+            )
+            .map_err(queue_error)?;
+        }
+        tx.commit().map_err(queue_error)?;
+        drop(conn);
+        if fresh == 1 {
+            self.arrived.notify_waiters();
+        }
+        Ok(())
+    }
+
+    fn try_receive(&self, queue: QueueName, max: usize) -> Result<Vec<ReceivedTurn>, QueueError> {
+        let now = now_millis();
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| QueueError::Backend("queue lock poisoned".into()))?;
+        let tx = conn.transaction().map_err(queue_error)?;
+        let mut batch = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT seq, message_id, group_id, deduplication_id, body, sent_at, visible_at, receive_count
+                     FROM queue_messages WHERE queue = ?1 ORDER BY seq",
+                )
+                .map_err(queue_error)?;
+            type Row = (i64, String, String, String, String, i64, i64, i64);
+            let rows: Vec<Row> = stmt
+                .query_map([queue_key(queue)], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                })
+                .map_err(queue_error)?
+                .collect::<Result<_, _>>()
+                .map_err(queue_error)?;
+            let mut blocked: Vec<String> = Vec::new();
+            for (
+                seq,
+                message_id,
+                group_id,
+                deduplication_id,
+                body,
+                sent_at,
+                visible_at,
+                receive_count,
+            ) in rows
+            {
+                if batch.len() >= max {
+                    break;
+                }
+                if blocked.contains(&group_id) {
+                    continue;
+                }
+                if visible_at > now {
+                    // In flight: the rest of its group waits.
+                    blocked.push(group_id);
+                    continue;
+                }
+                if queue == QueueName::Turns && receive_count as u32 >= self.max_receives {
+                    tx.execute(
+                        "UPDATE queue_messages SET queue = ?2, visible_at = 0, receive_count = 0, receipt = NULL WHERE seq = ?1",
+                        params![seq, queue_key(QueueName::DeadLetters)],
+                    )
+                    .map_err(queue_error)?;
+                    continue;
+                }
+                let receipt = uuid::Uuid::new_v4().to_string();
+                tx.execute(
+                    "UPDATE queue_messages SET visible_at = ?2, receive_count = receive_count + 1, receipt = ?3 WHERE seq = ?1",
+                    params![seq, now + self.visibility_timeout.as_millis() as i64, receipt],
+                )
+                .map_err(queue_error)?;
+                batch.push(ReceivedTurn {
+                    message_id,
+                    receipt_handle: receipt,
+                    body,
+                    group_id,
+                    deduplication_id,
+                    receive_count: receive_count as u32 + 1,
+                    sent_at,
+                });
+            }
+        }
+        tx.commit().map_err(queue_error)?;
+        Ok(batch)
+    }
+
+    /// How many messages a queue holds (visible or in flight).
+    pub fn depth(&self, queue: QueueName) -> Result<u64, QueueError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| QueueError::Backend("queue lock poisoned".into()))?;
+        conn.query_row(
+            "SELECT COUNT(*) FROM queue_messages WHERE queue = ?1",
+            [queue_key(queue)],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+        .map_err(queue_error)
+        .map(|n| n.unwrap_or(0) as u64)
+    }
+}
+
+#[async_trait]
+impl TurnQueue for SqliteTurnQueue {
+    async fn enqueue(&self, job: &TurnJob) -> Result<(), QueueError> {
+        let body = serde_json::to_string(job).map_err(|e| QueueError::Backend(e.to_string()))?;
+        self.send_raw(job.group_id(), &job.deduplication_id(), &body)
+    }
+}
+
+#[async_trait]
+impl TurnQueueConsumer for SqliteTurnQueue {
+    async fn receive(
+        &self,
+        queue: QueueName,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedTurn>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before looking, so an enqueue between the look and the wait
+            // still wakes us.
+            let arrived = self.arrived.notified();
+            let batch = self.try_receive(queue, max.max(1))?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(batch);
+            }
+            let _ = tokio::time::timeout(POLL_INTERVAL.min(deadline - now), arrived).await;
+        }
+    }
+
+    async fn delete(&self, queue: QueueName, receipt_handle: &str) -> Result<(), QueueError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| QueueError::Backend("queue lock poisoned".into()))?;
+        conn.execute(
+            "DELETE FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
+            params![queue_key(queue), receipt_handle],
+        )
+        .map_err(queue_error)?;
+        Ok(())
+    }
+
+    fn source_arn(&self, queue: QueueName) -> String {
+        match queue {
+            QueueName::Turns => "arn:aws:sqs:local:000000000000:turns.fifo".into(),
+            QueueName::DeadLetters => "arn:aws:sqs:local:000000000000:turns-dlq.fifo".into(),
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The gateway: one axum server for the WebSocket API, the management API, the HTTP API and
+//! the web app, plus the queue workers; started by `chatrun serve` and by tests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{any, get};
+use axum::serve::ListenerExt;
+use chatrun_api::ApiDeps;
+use chatrun_core::engine::Services;
+use chatrun_core::ports::{LanguageModel, QueueName};
+use chatrun_embedded::InProcessConnections;
+use chatrun_run_turn::RunTurnDeps;
+use tokio::sync::watch;
+
+use crate::options::ServeOptions;
+use crate::{backend, management, web, websocket, worker};
+
+/// Shared by every request.
+pub struct Gateway {
+    pub services: Services,
+    pub model: Arc<dyn LanguageModel>,
+    /// The open WebSockets of this process.
+    pub sockets: Arc<InProcessConnections>,
+    pub api: ApiDeps,
+    pub options: ServeOptions,
+    /// The stage name events carry, as API Gateway's `requestContext.stage`.
+    pub stage: String,
+    pub domain: String,
+    /// Set on shutdown: every open WebSocket closes (as API Gateway's do on a deployment).
+    pub closing: watch::Sender<bool>,
+}
+
+/// Makes the token secret persistent across restarts when none is configured, so tokens issued
+/// before a restart stay valid.
+fn ensure_token_secret(options: &mut ServeOptions) -> anyhow::Result<()> {
+    if !options.settings.token_secret.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&options.data_dir)?;
+    let path = options.data_dir.join("token-secret");
+    let secret = match std::fs::read_to_string(&path) {
+        Ok(secret) if secret.trim().len() >= 16 => secret.trim().to_owned(),
+        _ => {
+            let bytes: [u8; 32] = rand::random();
+            let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(&path, &secret)
+                .with_context(|| format!("writing {}", path.display()))?;
+            secret
+        }
+    };
+    options.settings.token_secret = secret;
+    Ok(())
+}
+
+/// A server started by [`spawn`].
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    sockets: Arc<InProcessConnections>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// The ids of the WebSocket connections open now.
+    pub fn connection_ids(&self) -> Vec<String> {
+        self.sockets.connection_ids()
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.context("server task")?
+    }
+}
+
+/// Starts the gateway in the background on `options.port` (0 for a free one).
+pub async fn spawn(options: ServeOptions) -> anyhow::Result<RunningServer> {
+    let listener = tokio::net::TcpListener::bind((options.host, options.port))
+        .await
+        .with_context(|| format!("binding {}:{}", options.host, options.port))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, mut stopped) = watch::channel(false);
+    let sockets = Arc::new(InProcessConnections::new());
+    let task = tokio::spawn(serve_with(
+        listener,
+        options,
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        },
+        sockets.clone(),
+    ));
+    Ok(RunningServer {
+        addr,
+        sockets,
+        shutdown,
+        task,
+    })
+}
+
+/// Serves until `shutdown` completes, then closes every socket and stops the workers.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with(
+        listener,
+        options,
+        shutdown,
+        Arc::new(InProcessConnections::new()),
+    )
+    .await
+}
+
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    mut options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    sockets: Arc<InProcessConnections>,
+) -> anyhow::Result<()> {
+    ensure_token_secret(&mut options)?;
+    let addr = listener.local_addr()?;
+    let backend = backend::open(&options, sockets.clone())?;
+    let model = chatrun_models::model_from_settings(&options.model);
+    let gateway = Arc::new(Gateway {
+        api: ApiDeps {
+            services: backend.services.clone(),
+            model: model.clone(),
+        },
+        services: backend.services,
+        model: model.clone(),
+        sockets,
+        options,
+        stage: "local".into(),
+        domain: addr.to_string(),
+        closing: watch::channel(false).0,
+    });
+
+    let (stop_workers, workers_stopped) = watch::channel(false);
+    let run_turn = RunTurnDeps {
+        services: gateway.services.clone(),
+        model,
+        dead_letter_source_arn: Some(backend.consumer.source_arn(QueueName::DeadLetters)),
+    };
+    let mut workers = Vec::new();
+    for queue in [QueueName::Turns, QueueName::DeadLetters] {
+        workers.push(tokio::spawn(worker::run(
+            backend.consumer.clone(),
+            queue,
+            run_turn.clone(),
+            gateway.options.max_concurrent_turns,
+            workers_stopped.clone(),
+        )));
+    }
+
+    let app = router(gateway.clone());
+    let models = gateway.model.models();
+    tracing::info!(
+        url = %format!("http://{addr}"),
+        model = %gateway.model.default_model(),
+        offline = models.iter().any(|m| m.offline),
+        data_dir = %gateway.options.data_dir.display(),
+        "chatrun is serving"
+    );
+    println!("chatrun is serving on http://{addr}");
+
+    let listener = listener.tap_io(|tcp| {
+        // Without it the first frame of a reply waits for a delayed ACK (TOOLCHAIN.md).
+        let _ = tcp.set_nodelay(true);
+    });
+    let closing = gateway.closing.clone();
+    axum::serve(
+        listener,
+        app.with_state(gateway.clone())
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = closing.send(true);
+    })
+    .await
+    .context("serving")?;
+    let _ = stop_workers.send(true);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    Ok(())
+}
+
+/// The routes, as API Gateway and CloudFront would lay them out on one origin.
+pub fn router(gateway: Arc<Gateway>) -> Router<Arc<Gateway>> {
+    let web_dir = gateway.options.web_dir.clone();
+    let routes = Router::new()
+        .route("/ws", get(websocket::upgrade))
+        .route(
+            "/@connections/{connection_id}",
+            axum::routing::post(management::post)
+                .get(management::get)
+                .delete(management::delete),
+        )
+        .route("/api", any(crate::web::api_proxy))
+        .route("/api/{*rest}", any(crate::web::api_proxy));
+    web::attach(routes, &web_dir).layer(middleware::from_fn(log_request))
+}
+
+/// One log line per request.
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    tracing::info!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}

@@ -1,0 +1,55 @@
+//! Options of `chatrun serve`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chatrun_core::config::{ModelSettings, Settings};
+
+/// Which adapters back the ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// SQLite store and queue in the data directory, in-process connections.
+    Embedded,
+}
+
+/// Everything `serve` needs. The binary fills it from flags and the environment; tests build it.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub host: IpAddr,
+    /// 0 picks a free port.
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub backend: BackendKind,
+    /// The built web app; served at `/` when it exists.
+    pub web_dir: PathBuf,
+    /// API Gateway closes a WebSocket connection idle this long (10 minutes).
+    pub idle_timeout: Duration,
+    /// API Gateway closes every WebSocket connection after this long (2 hours).
+    pub max_connection_age: Duration,
+    /// How long a received turn job stays invisible before it is delivered again.
+    pub visibility_timeout: Duration,
+    /// Turns run at once at most.
+    pub max_concurrent_turns: usize,
+    pub settings: Settings,
+    pub model: ModelSettings,
+}
+
+impl ServeOptions {
+    /// Defaults for a data dir, with the given engine and model settings.
+    pub fn new(data_dir: PathBuf, settings: Settings, model: ModelSettings) -> Self {
+        ServeOptions {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+            data_dir,
+            backend: BackendKind::Embedded,
+            web_dir: PathBuf::from("web/dist"),
+            idle_timeout: Duration::from_secs(600),
+            max_connection_age: Duration::from_secs(2 * 3600),
+            visibility_timeout: Duration::from_secs(120),
+            max_concurrent_turns: 2048,
+            settings,
+            model,
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! SQS's event source mapping, played locally: receive turn jobs, hand them to run-turn as an
+//! `SqsEvent`, delete those it did not report as failures, and leave failures to come back
+//! after the visibility timeout (and, past max receives, on the dead-letter queue).
+//!
+//! A FIFO group's messages of one batch go to one invocation, in order; different groups run
+//! concurrently, up to a limit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+use chatrun_core::ports::{QueueName, ReceivedTurn, TurnQueueConsumer};
+use chatrun_run_turn::RunTurnDeps;
+use tokio::sync::{Semaphore, watch};
+
+/// How long one receive call waits for a message (SQS long polling).
+const LONG_POLL: Duration = Duration::from_secs(2);
+
+fn sqs_message(received: &ReceivedTurn, source_arn: &str) -> SqsMessage {
+    let mut message = SqsMessage::default();
+    message.message_id = Some(received.message_id.clone());
+    message.receipt_handle = Some(received.receipt_handle.clone());
+    message.body = Some(received.body.clone());
+    message.event_source = Some("aws:sqs".into());
+    message.event_source_arn = Some(source_arn.into());
+    message.aws_region = Some("local".into());
+    message.attributes = HashMap::from([
+        (
+            "ApproximateReceiveCount".to_string(),
+            received.receive_count.to_string(),
+        ),
+        ("MessageGroupId".to_string(), received.group_id.clone()),
+        (
+            "MessageDeduplicationId".to_string(),
+            received.deduplication_id.clone(),
+        ),
+        ("SentTimestamp".to_string(), received.sent_at.to_string()),
+    ]);
+    message
+}
+
+/// Polls `queue` until `stop` turns true, then waits for the turns it started.
+pub async fn run(
+    consumer: Arc<dyn TurnQueueConsumer>,
+    queue: QueueName,
+    deps: RunTurnDeps,
+    max_concurrent: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(max_concurrent));
+    let source_arn = consumer.source_arn(queue);
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        let received = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            received = consumer.receive(queue, 10, LONG_POLL) => received,
+        };
+        let batch = match received {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(?queue, %error, "receiving turn jobs failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut groups: Vec<(String, Vec<ReceivedTurn>)> = Vec::new();
+        for message in batch {
+            match groups.iter_mut().find(|(g, _)| *g == message.group_id) {
+                Some((_, messages)) => messages.push(message),
+                None => groups.push((message.group_id.clone(), vec![message])),
+            }
+        }
+        for (_, messages) in groups {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            let consumer = consumer.clone();
+            let deps = deps.clone();
+            let source_arn = source_arn.clone();
+            running.spawn(async move {
+                let _permit = permit;
+                let mut event = SqsEvent::default();
+                event.records = messages.iter().map(|m| sqs_message(m, &source_arn)).collect();
+                let response = chatrun_run_turn::handle(&deps, event).await;
+                let failed: Vec<&str> = response
+                    .batch_item_failures
+                    .iter()
+                    .map(|f| f.item_identifier.as_str())
+                    .collect();
+                for message in &messages {
+                    if failed.contains(&message.message_id.as_str()) {
+                        continue;
+                    }
+                    if let Err(error) = consumer.delete(queue, &message.receipt_handle).await {
+                        tracing::warn!(%error, "deleting a finished turn job failed; it will run again");
+                    }
+                }
+            });
+        }
+        while running.try_join_next().is_some() {}
+    }
+    // Let running turns finish their current work briefly; the queue redelivers the rest.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+}
