@@ -1,1 +1,0 @@
-//! In-memory adapters and port conformance suites (feature `test-util`).

@@ -1,0 +1,11 @@
+//! Test support (feature `test-util`): in-memory adapters for unit tests, and the conformance
+//! suites every adapter of a port runs, so that adapters cannot drift apart.
+//!
+//! - [`memory`]: `MemoryChatStore`, `RecordingTurnQueue`, `RecordingConnections`,
+//!   `ManualClock`, `SequentialIds`, and [`memory::services`] to build `Services` from them.
+//! - [`store_conformance`]: `run_all(&store)` for any `ChatStore`.
+//! - [`queue_conformance`]: `run_all(make)` for any `TurnQueue + TurnQueueConsumer`.
+
+pub mod memory;
+pub mod queue_conformance;
+pub mod store_conformance;
