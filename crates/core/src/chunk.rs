@@ -368,7 +368,8 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixture(name: &str) -> Value {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/ai-sdk");
+        // A copy of ../shared/fixtures/ai-sdk, kept in the repository so the tests run anywhere.
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/ai-sdk");
         let text = std::fs::read_to_string(dir.join(name))
             .unwrap_or_else(|e| panic!("reading fixture {name}: {e}"));
         serde_json::from_str(&text).unwrap()
