@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Every test of the project: formatting, lints, Rust tests (with their emulators), web and infra.
+# Every test of the project: formatting, lints, Rust tests (end-to-end ones start the real
+# gateway themselves), the web app's type check, unit tests and browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+cargo build -p chatrun-local --bin chatrun
+
+echo "== web: install, type check, unit tests, build"
+(cd web && npm ci --no-audit --no-fund && npm run typecheck && npm test && npm run build)
+echo "== web: browser tests (headless Chromium against chatrun serve)"
+bash web/scripts/ensure-chromium.sh
+(cd web && npm run test:browser)

@@ -200,7 +200,9 @@ async fn prepare_regeneration(
                 .position(|m| m.id == id)
                 .ok_or_else(|| ChatError::NotFound(format!("message {id} not found")))?,
         ),
-        None => messages.iter().rposition(|m| m.role == Role::Assistant),
+        // Without an id, the last message is regenerated if it is a reply; a last user message
+        // (its turn failed) is simply answered again.
+        None => messages.len().checked_sub(1).filter(|&i| messages[i].role == Role::Assistant),
     };
     if let Some(index) = target {
         if messages[index].role != Role::Assistant {

@@ -1,0 +1,100 @@
+// The HTTP API (DESIGN §8) and the page's guest identity.
+import type { ChatSummary, ChatView, ModelInfo } from './protocol';
+
+const TOKEN_KEY = 'chatrun.token';
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export class Api {
+  private token: string | null = localStorage.getItem(TOKEN_KEY);
+
+  constructor(private readonly base = '') {}
+
+  /** A valid user token: the stored one, or a new guest's. */
+  async ensureToken(): Promise<string> {
+    if (!this.token) await this.refreshToken();
+    return this.token!;
+  }
+
+  /** A fresh token for the same user when the stored one still verifies, else a new guest. */
+  async refreshToken(): Promise<string> {
+    const headers: Record<string, string> = {};
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    const response = await fetch(`${this.base}/api/session`, { method: 'POST', headers });
+    if (!response.ok) throw new ApiError(response.status, 'internal', 'could not start a session');
+    const body = (await response.json()) as { token: string; userId: string };
+    this.token = body.token;
+    localStorage.setItem(TOKEN_KEY, body.token);
+    return body.token;
+  }
+
+  private async call<T>(method: string, path: string, body?: unknown, retried = false): Promise<T> {
+    const token = await this.ensureToken();
+    const response = await fetch(`${this.base}${path}`, {
+      method,
+      headers: { Authorization: `Bearer ${token}`, ...(body ? { 'Content-Type': 'application/json' } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    if (response.status === 401 && !retried) {
+      await this.refreshToken();
+      return this.call(method, path, body, true);
+    }
+    if (response.status === 204) return undefined as T;
+    const json = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const error = (json as { error?: { code?: string; message?: string } }).error ?? {};
+      throw new ApiError(response.status, error.code ?? 'internal', error.message ?? response.statusText);
+    }
+    return json as T;
+  }
+
+  listChats(cursor?: string | null) {
+    const query = cursor ? `?cursor=${encodeURIComponent(cursor)}` : '';
+    return this.call<{ chats: ChatSummary[]; nextCursor: string | null }>('GET', `/api/chats${query}`);
+  }
+
+  getChat(id: string) {
+    return this.call<ChatView>('GET', `/api/chats/${encodeURIComponent(id)}`);
+  }
+
+  renameChat(id: string, title: string) {
+    return this.call<ChatSummary>('PATCH', `/api/chats/${encodeURIComponent(id)}`, { title });
+  }
+
+  deleteChat(id: string) {
+    return this.call<void>('DELETE', `/api/chats/${encodeURIComponent(id)}`);
+  }
+
+  models() {
+    return this.call<{ models: ModelInfo[]; default: string }>('GET', '/api/models');
+  }
+
+  /** The WebSocket URL for this page's origin (or `VITE_WS_URL`). */
+  async socketUrl(): Promise<string> {
+    const token = await this.ensureToken();
+    const configured = import.meta.env?.VITE_WS_URL as string | undefined;
+    const base = configured ?? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+    return `${base}?token=${encodeURIComponent(token)}`;
+  }
+}
+
+/** "just now", "5 min ago", "3 h ago", "2 d ago", or a date. */
+export function timeAgo(millis: number, now = Date.now()): string {
+  const seconds = Math.max(0, Math.round((now - millis) / 1000));
+  if (seconds < 45) return 'just now';
+  const minutes = Math.round(seconds / 60);
+  if (minutes < 60) return `${minutes} min ago`;
+  const hours = Math.round(minutes / 60);
+  if (hours < 24) return `${hours} h ago`;
+  const days = Math.round(hours / 24);
+  if (days < 14) return `${days} d ago`;
+  return new Date(millis).toLocaleDateString();
+}

@@ -1,0 +1,109 @@
+// The WebSocket wire protocol (DESIGN §5): the TypeScript twin of crates/core/src/protocol.rs.
+import type { UIMessage, UIMessageChunk } from 'ai';
+
+export type ErrorCode =
+  | 'bad_request'
+  | 'unauthorized'
+  | 'forbidden'
+  | 'not_found'
+  | 'too_large'
+  | 'conflict'
+  | 'rate_limited'
+  | 'internal';
+
+export type ClientFrame =
+  | {
+      action: 'send-message';
+      requestId?: string;
+      chatId: string;
+      trigger: 'submit-message' | 'regenerate-message';
+      message?: UIMessage;
+      messageId?: string;
+      model?: string;
+    }
+  | { action: 'resume'; requestId?: string; chatId: string; runId?: string; lastEventId: number }
+  | { action: 'stop'; requestId?: string; chatId: string }
+  | { action: 'unsubscribe'; requestId?: string; chatId: string }
+  | { action: 'ping'; requestId?: string };
+
+export type ServerFrame =
+  | {
+      type: 'ack';
+      requestId?: string;
+      chatId: string;
+      runId: string;
+      accessToken: string;
+      userMessageId: string;
+      assistantMessageId: string;
+    }
+  | {
+      type: 'turn-started';
+      chatId: string;
+      runId: string;
+      userMessage: UIMessage;
+      assistantMessageId: string;
+      firstEventId: number;
+    }
+  | {
+      type: 'subscribed';
+      requestId?: string;
+      chatId: string;
+      runId: string | null;
+      streaming: boolean;
+      replayThrough: number;
+    }
+  | { type: 'unsubscribed'; requestId?: string; chatId: string }
+  | {
+      type: 'events';
+      chatId: string;
+      runId: string;
+      firstEventId: number;
+      chunks: UIMessageChunk[];
+      replay: boolean;
+    }
+  | { type: 'turn-complete'; chatId: string; runId: string; lastEventId: number; accessToken: string }
+  | { type: 'session-ended'; chatId: string; runId: string; reason: 'max-turns' | 'idle' | 'failed' }
+  | { type: 'error'; requestId?: string; chatId?: string; code: ErrorCode; message: string }
+  | { type: 'pong'; requestId?: string };
+
+/** The session part of `GET /api/chats/{id}`. */
+export interface SessionView {
+  runId: string;
+  accessToken: string;
+  lastEventId: number;
+  status: 'active' | 'ended';
+  streaming: boolean;
+  assistantMessageId: string | null;
+}
+
+export interface ChatView {
+  id: string;
+  title: string;
+  model: string;
+  createdAt: number;
+  updatedAt: number;
+  messages: UIMessage[];
+  session: SessionView | null;
+}
+
+export interface ChatSummary {
+  id: string;
+  title: string;
+  model: string;
+  updatedAt: number;
+}
+
+export interface ModelInfo {
+  id: string;
+  label: string;
+  offline: boolean;
+}
+
+export function parseServerFrame(text: string): ServerFrame | null {
+  try {
+    const value = JSON.parse(text);
+    return value && typeof value.type === 'string' ? (value as ServerFrame) : null;
+  } catch {
+    return null;
+  }
+}
