@@ -202,7 +202,10 @@ async fn prepare_regeneration(
         ),
         // Without an id, the last message is regenerated if it is a reply; a last user message
         // (its turn failed) is simply answered again.
-        None => messages.len().checked_sub(1).filter(|&i| messages[i].role == Role::Assistant),
+        None => messages
+            .len()
+            .checked_sub(1)
+            .filter(|&i| messages[i].role == Role::Assistant),
     };
     if let Some(index) = target {
         if messages[index].role != Role::Assistant {
