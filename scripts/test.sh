@@ -8,6 +8,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== emulators (DynamoDB Local, moto) for the AWS adapter tests"
+bash scripts/emulators/install.sh
 echo "== cargo test"
 cargo test --workspace
 cargo build -p chatrun-local --bin chatrun

