@@ -7,11 +7,13 @@ cd "$(dirname "$0")/.."
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== emulators (DynamoDB Local, moto) for the AWS adapter tests"
 bash scripts/emulators/install.sh
 echo "== cargo test"
 cargo test --workspace
+echo "== the end-to-end tests again on the AWS adapters (DynamoDB Local, moto, @connections)"
+CHATRUN_TEST_BACKEND=aws cargo test -p chatrun-local --test conversation --test bad_input --test reliability
 cargo build -p chatrun-local --bin chatrun
 
 echo "== web: install, type check, unit tests, build"

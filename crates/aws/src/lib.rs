@@ -7,11 +7,14 @@
 //! - [`dynamo`]: `DynamoChatStore`, the single table of DESIGN §3.
 //! - [`sqs`]: `SqsTurnQueue`, the FIFO turn queue and its dead-letter queue.
 //! - [`apigw`]: `ApiGwConnections`, API Gateway's `@connections` management API.
+//! - `emulators` (feature `emulators`): DynamoDB Local and moto, started for tests.
 //! - [`lambda`]: what every Lambda `main` does at cold start (JSON logs, settings, secrets,
 //!   clients built once).
 
 pub mod apigw;
 pub mod dynamo;
+#[cfg(feature = "emulators")]
+pub mod emulators;
 pub mod lambda;
 pub mod sqs;
 

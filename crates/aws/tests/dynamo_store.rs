@@ -1,9 +1,8 @@
 //! `DynamoChatStore` against DynamoDB Local with the real SDK client: the conformance suite,
 //! and the size limits a long chat meets.
 
-mod common;
-
 use chatrun_aws::DynamoChatStore;
+use chatrun_aws::emulators as common;
 use chatrun_core::domain::{Chat, ChatId, Trigger, TurnJob};
 use chatrun_core::error::StoreError;
 use chatrun_core::message::UIMessage;

@@ -1,8 +1,7 @@
 //! `SqsTurnQueue` against moto's SQS with the real SDK client: the queue conformance suite
 //! (FIFO order per group, deduplication, visibility timeout, dead-letter queue).
 
-mod common;
-
+use chatrun_aws::emulators as common;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use chatrun_aws::SqsTurnQueue;

@@ -1,15 +1,20 @@
 //! Builds the ports for the selected backend.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use chatrun_aws::{ApiGwConnections, DynamoChatStore, SqsTurnQueue};
 use chatrun_core::auth::TokenIssuer;
+use chatrun_core::config::Settings;
 use chatrun_core::engine::Services;
 use chatrun_core::hooks::NoHooks;
-use chatrun_core::ports::{SystemClock, TurnQueueConsumer, UuidIds};
+use chatrun_core::ports::{
+    ChatStore, Connections, SystemClock, TurnQueue, TurnQueueConsumer, UuidIds,
+};
 use chatrun_embedded::{InProcessConnections, SqliteChatStore, SqliteTurnQueue};
 
-use crate::options::{BackendKind, ServeOptions};
+use crate::options::{AwsBackendOptions, BackendKind, ServeOptions};
 
 /// The ports, plus the consumer side of the queue that the local worker drives.
 pub struct Backend {
@@ -17,8 +22,31 @@ pub struct Backend {
     pub consumer: Arc<dyn TurnQueueConsumer>,
 }
 
-/// Opens the backend. `sockets` is the gateway's registry of open WebSockets.
-pub fn open(options: &ServeOptions, sockets: Arc<InProcessConnections>) -> anyhow::Result<Backend> {
+fn services(
+    settings: Arc<Settings>,
+    store: Arc<dyn ChatStore>,
+    queue: Arc<dyn TurnQueue>,
+    connections: Arc<dyn Connections>,
+) -> Services {
+    Services {
+        store,
+        queue,
+        connections,
+        hooks: Arc::new(NoHooks),
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(UuidIds),
+        tokens: TokenIssuer::new(&settings.token_secret),
+        settings,
+    }
+}
+
+/// Opens the backend. `sockets` is the gateway's registry of open WebSockets; `addr` is where
+/// the gateway listens (the AWS backend posts frames to its `@connections`, as a Lambda would).
+pub async fn open(
+    options: &ServeOptions,
+    sockets: Arc<InProcessConnections>,
+    addr: SocketAddr,
+) -> anyhow::Result<Backend> {
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating the data directory {}", options.data_dir.display()))?;
     let settings = Arc::new(options.settings.clone());
@@ -35,18 +63,90 @@ pub fn open(options: &ServeOptions, sockets: Arc<InProcessConnections>) -> anyho
                 .context("opening the SQLite turn queue")?,
             );
             Ok(Backend {
-                services: Services {
-                    store: Arc::new(store),
-                    queue: queue.clone(),
-                    connections: sockets,
-                    hooks: Arc::new(NoHooks),
-                    clock: Arc::new(SystemClock),
-                    ids: Arc::new(UuidIds),
-                    tokens: TokenIssuer::new(&settings.token_secret),
-                    settings,
-                },
+                services: services(settings, Arc::new(store), queue.clone(), sockets),
                 consumer: queue,
             })
         }
+        BackendKind::Aws => open_aws(options, settings, addr).await,
     }
+}
+
+async fn sdk_config(endpoint: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint);
+        // Emulators accept any credentials; don't make people invent some.
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            loader = loader.credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test",
+                "test",
+                None,
+                None,
+                "chatrun-local",
+            ));
+        }
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            loader = loader.region(aws_config::Region::new("us-east-1"));
+        }
+    }
+    loader.load().await
+}
+
+async fn open_aws(
+    options: &ServeOptions,
+    settings: Arc<Settings>,
+    addr: SocketAddr,
+) -> anyhow::Result<Backend> {
+    let AwsBackendOptions {
+        dynamodb_endpoint,
+        sqs_endpoint,
+        table_name,
+        queue_name,
+        create_resources,
+    } = &options.aws;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk_config(dynamodb_endpoint.as_deref()).await);
+    let sqs_config = sdk_config(sqs_endpoint.as_deref()).await;
+    let sqs = aws_sdk_sqs::Client::new(&sqs_config);
+    let (queue_url, dead_letter_url) = if *create_resources {
+        DynamoChatStore::create_table(&dynamo, table_name)
+            .await
+            .context("creating the table")?;
+        SqsTurnQueue::create_queues(
+            &sqs,
+            queue_name,
+            options.visibility_timeout,
+            settings.max_receives,
+        )
+        .await
+        .context("creating the queues")?
+    } else {
+        let url = |name: String| {
+            let sqs = sqs.clone();
+            async move {
+                sqs.get_queue_url()
+                    .queue_name(&name)
+                    .send()
+                    .await
+                    .with_context(|| format!("finding queue {name} (or pass --create-resources)"))
+                    .map(|o| o.queue_url.unwrap_or_default())
+            }
+        };
+        (
+            url(format!("{queue_name}.fifo")).await?,
+            url(format!("{queue_name}-dlq.fifo")).await?,
+        )
+    };
+    let queue = Arc::new(SqsTurnQueue::consumer(sqs, &queue_url, &dead_letter_url).await?);
+    let connections = ApiGwConnections::for_endpoint(&sqs_config, &format!("http://{addr}"));
+    Ok(Backend {
+        services: services(
+            settings,
+            Arc::new(DynamoChatStore::new(dynamo, table_name.clone())),
+            queue.clone(),
+            Arc::new(connections),
+        ),
+        consumer: queue,
+    })
 }

@@ -89,7 +89,8 @@ impl RunningServer {
     }
 }
 
-/// Starts the gateway in the background on `options.port` (0 for a free one).
+/// Starts the gateway in the background on `options.port` (0 for a free one). The backend is
+/// open (or the error returned) before this returns.
 pub async fn spawn(options: ServeOptions) -> anyhow::Result<RunningServer> {
     let listener = tokio::net::TcpListener::bind((options.host, options.port))
         .await
@@ -97,14 +98,10 @@ pub async fn spawn(options: ServeOptions) -> anyhow::Result<RunningServer> {
     let addr = listener.local_addr()?;
     let (shutdown, mut stopped) = watch::channel(false);
     let sockets = Arc::new(InProcessConnections::new());
-    let task = tokio::spawn(serve_with(
-        listener,
-        options,
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        },
-        sockets.clone(),
-    ));
+    let prepared = prepare(&listener, options, sockets.clone()).await?;
+    let task = tokio::spawn(run(listener, prepared, async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
     Ok(RunningServer {
         addr,
         sockets,
@@ -119,24 +116,24 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve_with(
-        listener,
-        options,
-        shutdown,
-        Arc::new(InProcessConnections::new()),
-    )
-    .await
+    let prepared = prepare(&listener, options, Arc::new(InProcessConnections::new())).await?;
+    run(listener, prepared, shutdown).await
 }
 
-async fn serve_with(
-    listener: tokio::net::TcpListener,
+/// An opened backend, ready to serve.
+struct Prepared {
+    gateway: Arc<Gateway>,
+    consumer: Arc<dyn chatrun_core::ports::TurnQueueConsumer>,
+}
+
+async fn prepare(
+    listener: &tokio::net::TcpListener,
     mut options: ServeOptions,
-    shutdown: impl Future<Output = ()> + Send + 'static,
     sockets: Arc<InProcessConnections>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Prepared> {
     ensure_token_secret(&mut options)?;
     let addr = listener.local_addr()?;
-    let backend = backend::open(&options, sockets.clone())?;
+    let backend = backend::open(&options, sockets.clone(), addr).await?;
     let model = chatrun_models::model_from_settings(&options.model);
     let gateway = Arc::new(Gateway {
         api: ApiDeps {
@@ -144,24 +141,36 @@ async fn serve_with(
             model: model.clone(),
         },
         services: backend.services,
-        model: model.clone(),
+        model,
         sockets,
         options,
         stage: "local".into(),
         domain: addr.to_string(),
         closing: watch::channel(false).0,
     });
+    Ok(Prepared {
+        gateway,
+        consumer: backend.consumer,
+    })
+}
 
+async fn run(
+    listener: tokio::net::TcpListener,
+    prepared: Prepared,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Prepared { gateway, consumer } = prepared;
+    let addr = listener.local_addr()?;
     let (stop_workers, workers_stopped) = watch::channel(false);
     let run_turn = RunTurnDeps {
         services: gateway.services.clone(),
-        model,
-        dead_letter_source_arn: Some(backend.consumer.source_arn(QueueName::DeadLetters)),
+        model: gateway.model.clone(),
+        dead_letter_source_arn: Some(consumer.source_arn(QueueName::DeadLetters)),
     };
     let mut workers = Vec::new();
     for queue in [QueueName::Turns, QueueName::DeadLetters] {
         workers.push(tokio::spawn(worker::run(
-            backend.consumer.clone(),
+            consumer.clone(),
             queue,
             run_turn.clone(),
             gateway.options.max_concurrent_turns,

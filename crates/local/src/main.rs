@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use chatrun_core::config::{ModelSettings, Settings};
-use chatrun_local::options::{BackendKind, ServeOptions};
+use chatrun_local::options::{AwsBackendOptions, BackendKind, ServeOptions};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -36,6 +36,21 @@ enum Command {
         /// Close WebSockets idle this long (API Gateway: 600).
         #[arg(long, default_value_t = 600)]
         idle_timeout_secs: u64,
+        /// `--backend aws`: DynamoDB endpoint (DynamoDB Local, moto, LocalStack).
+        #[arg(long, env = "CHAT_DYNAMODB_ENDPOINT")]
+        dynamodb_endpoint: Option<String>,
+        /// `--backend aws`: SQS endpoint (moto, LocalStack).
+        #[arg(long, env = "CHAT_SQS_ENDPOINT")]
+        sqs_endpoint: Option<String>,
+        /// `--backend aws`: the DynamoDB table.
+        #[arg(long, env = "CHAT_TABLE_NAME", default_value = "chatrun")]
+        table_name: String,
+        /// `--backend aws`: the FIFO queue's name without `.fifo`.
+        #[arg(long, default_value = "chatrun-turns")]
+        queue_name: String,
+        /// `--backend aws`: create the table and queues when missing.
+        #[arg(long)]
+        create_resources: bool,
     },
 }
 
@@ -53,6 +68,11 @@ async fn main() -> anyhow::Result<()> {
         backend,
         web_dir,
         idle_timeout_secs,
+        dynamodb_endpoint,
+        sqs_endpoint,
+        table_name,
+        queue_name,
+        create_resources,
     } = Cli::parse().command;
     let settings = Settings::from_env(false)?;
     let model = ModelSettings::from_env()?;
@@ -62,6 +82,14 @@ async fn main() -> anyhow::Result<()> {
     options.backend = backend;
     options.web_dir = web_dir;
     options.idle_timeout = std::time::Duration::from_secs(idle_timeout_secs);
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+    options.aws = AwsBackendOptions {
+        dynamodb_endpoint: dynamodb_endpoint.or_else(|| endpoint.clone()),
+        sqs_endpoint: sqs_endpoint.or(endpoint),
+        table_name,
+        queue_name,
+        create_resources,
+    };
     let listener = tokio::net::TcpListener::bind((host, port))
         .await
         .with_context(|| format!("binding {host}:{port}"))?;

@@ -11,6 +11,23 @@ use chatrun_core::config::{ModelSettings, Settings};
 pub enum BackendKind {
     /// SQLite store and queue in the data directory, in-process connections.
     Embedded,
+    /// The AWS adapters (DynamoDB, SQS, the `@connections` API) against AWS or an emulator
+    /// (DynamoDB Local, moto, LocalStack); this gateway stands in for API Gateway.
+    Aws,
+}
+
+/// Where `--backend aws` finds its resources.
+#[derive(Debug, Clone, Default)]
+pub struct AwsBackendOptions {
+    /// DynamoDB endpoint (an emulator); AWS's when unset (`AWS_ENDPOINT_URL` also applies).
+    pub dynamodb_endpoint: Option<String>,
+    /// SQS endpoint (an emulator); AWS's when unset.
+    pub sqs_endpoint: Option<String>,
+    pub table_name: String,
+    /// Queue name without `.fifo`; the dead-letter queue is `{name}-dlq.fifo`.
+    pub queue_name: String,
+    /// Create the table and the queues when missing.
+    pub create_resources: bool,
 }
 
 /// Everything `serve` needs. The binary fills it from flags and the environment; tests build it.
@@ -33,6 +50,7 @@ pub struct ServeOptions {
     pub max_concurrent_turns: usize,
     pub settings: Settings,
     pub model: ModelSettings,
+    pub aws: AwsBackendOptions,
 }
 
 impl ServeOptions {
@@ -50,6 +68,11 @@ impl ServeOptions {
             max_concurrent_turns: 2048,
             settings,
             model,
+            aws: AwsBackendOptions {
+                table_name: "chatrun".into(),
+                queue_name: "chatrun-turns".into(),
+                ..Default::default()
+            },
         }
     }
 }

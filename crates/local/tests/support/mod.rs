@@ -18,6 +18,25 @@ pub struct TestApp {
     pub server: RunningServer,
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// DynamoDB Local and moto, when the tests run with `CHATRUN_TEST_BACKEND=aws`.
+    _emulators: Vec<chatrun_aws::emulators::Emulator>,
+}
+
+/// With `CHATRUN_TEST_BACKEND=aws`, the same tests run on the AWS adapters against DynamoDB
+/// Local and moto (started here, stopped with the app).
+async fn aws_backend(options: &mut ServeOptions) -> Vec<chatrun_aws::emulators::Emulator> {
+    if std::env::var("CHATRUN_TEST_BACKEND").as_deref() != Ok("aws") {
+        return Vec::new();
+    }
+    let (dynamo, moto) = tokio::join!(
+        chatrun_aws::emulators::dynamodb_local(),
+        chatrun_aws::emulators::moto()
+    );
+    options.backend = chatrun_local::options::BackendKind::Aws;
+    options.aws.dynamodb_endpoint = Some(dynamo.endpoint.clone());
+    options.aws.sqs_endpoint = Some(moto.endpoint.clone());
+    options.aws.create_resources = true;
+    vec![dynamo, moto]
 }
 
 pub fn options(dir: &std::path::Path, tokens_per_sec: f64) -> ServeOptions {
@@ -41,11 +60,27 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let mut options = options(dir.path(), tokens_per_sec);
         tweak(&mut options);
-        let server = chatrun_local::spawn(options).await.unwrap();
+        let emulators = aws_backend(&mut options).await;
+        let mut server = None;
+        // DynamoDB Local may still be warming up: give it a few tries.
+        for attempt in 0..20 {
+            match chatrun_local::spawn(options.clone()).await {
+                Ok(s) => {
+                    server = Some(s);
+                    break;
+                }
+                Err(e) if attempt < 19 && !emulators.is_empty() => {
+                    eprintln!("backend not ready yet: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("server start: {e:#}"),
+            }
+        }
         TestApp {
-            server,
+            server: server.expect("the server started"),
             dir,
             http: reqwest::Client::new(),
+            _emulators: emulators,
         }
     }
 

@@ -1,13 +1,13 @@
-//! Starts the AWS-API emulators for a test, on free loopback ports, and stops them on drop.
-//! `scripts/emulators/install.sh` (run by `make test`) installs them; a missing emulator fails
-//! the test with that instruction, never skips it.
-#![allow(dead_code)]
+//! Test support (feature `emulators`): starts the AWS-API emulators on free loopback ports and
+//! stops them on drop. `scripts/emulators/install.sh` (run by `make test`) installs them; a
+//! missing emulator fails the test with that instruction, never skips it.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A running emulator process.
 pub struct Emulator {
     child: Child,
     pub endpoint: String,
