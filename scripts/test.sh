@@ -21,3 +21,6 @@ echo "== web: install, type check, unit tests, build"
 echo "== web: browser tests (headless Chromium against chatrun serve)"
 bash web/scripts/ensure-chromium.sh
 (cd web && npm run test:browser)
+
+echo "== infra: CDK assertion tests and an offline synth"
+(cd infra && npm ci --no-audit --no-fund && npm test && npx cdk synth --quiet > /dev/null)

@@ -3,6 +3,26 @@ import type { ChatSummary, ChatView, ModelInfo } from './protocol';
 
 const TOKEN_KEY = 'chatrun.token';
 
+/** Where the APIs are when they are not on the page's origin (the CDK stack writes it). */
+export interface RuntimeConfig {
+  wsUrl?: string;
+  apiUrl?: string;
+}
+
+let runtimeConfig: RuntimeConfig = {};
+
+/** Reads `/config.json` when the deployment has one; the local gateway serves everything itself. */
+export async function loadRuntimeConfig(): Promise<void> {
+  try {
+    const response = await fetch('/config.json', { cache: 'no-store' });
+    if (response.ok && response.headers.get('content-type')?.includes('json')) {
+      runtimeConfig = (await response.json()) as RuntimeConfig;
+    }
+  } catch {
+    // No config: same origin.
+  }
+}
+
 export class ApiError extends Error {
   constructor(
     readonly status: number,
@@ -16,7 +36,11 @@ export class ApiError extends Error {
 export class Api {
   private token: string | null = localStorage.getItem(TOKEN_KEY);
 
-  constructor(private readonly base = '') {}
+  private readonly base: string;
+
+  constructor(base?: string) {
+    this.base = (base ?? runtimeConfig.apiUrl ?? '').replace(/\/$/, '');
+  }
 
   /** A valid user token: the stored one, or a new guest's. */
   async ensureToken(): Promise<string> {
@@ -80,8 +104,7 @@ export class Api {
   /** The WebSocket URL for this page's origin (or `VITE_WS_URL`). */
   async socketUrl(): Promise<string> {
     const token = await this.ensureToken();
-    const configured = import.meta.env?.VITE_WS_URL as string | undefined;
-    const base = configured ?? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+    const base = runtimeConfig.wsUrl ?? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
     return `${base}?token=${encodeURIComponent(token)}`;
   }
 }
