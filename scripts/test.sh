@@ -14,6 +14,8 @@ echo "== cargo test"
 cargo test --workspace
 echo "== the end-to-end tests again on the AWS adapters (DynamoDB Local, moto, @connections)"
 CHATRUN_TEST_BACKEND=aws cargo test -p chatrun-local --test conversation --test bad_input --test reliability
+echo "== the Lambda binaries under cargo lambda watch, invoked with functions/*/fixtures"
+bash scripts/lambda-watch-test.sh
 cargo build -p chatrun-local --bin chatrun
 
 echo "== web: install, type check, unit tests, build"

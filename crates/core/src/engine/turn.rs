@@ -959,24 +959,18 @@ impl<'a> FrameWriter<'a> {
     /// never seen, so it is dropped: the stored text is exactly what streamed.
     async fn abort(&mut self) -> Result<Flow, ChatError> {
         self.pending.clear();
-        self.pending_bytes = 0;
-        self.pending_since = None;
-        let mut chunks = Vec::new();
-        if !self.started {
-            self.started = true;
-            chunks.push(UIMessageChunk::Start {
-                message_id: Some(self.job.assistant_message_id.clone()),
-                message_metadata: None,
-            });
-            chunks.push(UIMessageChunk::StartStep);
-        }
-        chunks.push(UIMessageChunk::Abort {
+        self.ensure_started();
+        self.push(UIMessageChunk::Abort {
             reason: Some("stopped by the user".into()),
         });
-        chunks.push(UIMessageChunk::Finish {
+        let message_metadata = Some(self.metadata(None));
+        self.push(UIMessageChunk::Finish {
             finish_reason: None,
-            message_metadata: Some(self.metadata(None)),
+            message_metadata,
         });
+        let chunks = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        self.pending_since = None;
         if let Posted::LostRace = self.persist_and_post(chunks).await? {
             self.lost_race = true;
         }
