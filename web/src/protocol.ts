@@ -63,7 +63,16 @@ export type ServerFrame =
     }
   | { type: 'turn-complete'; chatId: string; runId: string; lastEventId: number; accessToken: string }
   | { type: 'session-ended'; chatId: string; runId: string; reason: 'max-turns' | 'idle' | 'failed' }
-  | { type: 'error'; requestId?: string; chatId?: string; code: ErrorCode; message: string }
+  | {
+      type: 'error';
+      requestId?: string;
+      chatId?: string;
+      code: ErrorCode;
+      message: string;
+      retryAfterMs?: number;
+      /** API Gateway's own error (`{"message": "Internal server error", ...}`), with no `type`. */
+      fromGateway?: boolean;
+    }
   | { type: 'pong'; requestId?: string };
 
 /** The session part of `GET /api/chats/{id}`. */
@@ -99,10 +108,22 @@ export interface ModelInfo {
   offline: boolean;
 }
 
+/**
+ * Reads a frame from the server. API Gateway answers some failures itself (a function that threw
+ * or timed out, throttling, an unknown route) with `{"message": "...", "connectionId": "...",
+ * "requestId": "..."}` and no `type`: those become `error` frames marked `fromGateway`, so the page
+ * shows them rather than ignoring them.
+ */
 export function parseServerFrame(text: string): ServerFrame | null {
   try {
     const value = JSON.parse(text);
-    return value && typeof value.type === 'string' ? (value as ServerFrame) : null;
+    if (!value || typeof value !== 'object') return null;
+    if (typeof value.type === 'string') return value as ServerFrame;
+    if (typeof value.message === 'string') {
+      const throttled = /too many requests|limit exceeded/i.test(value.message);
+      return { type: 'error', code: throttled ? 'rate_limited' : 'internal', message: value.message, fromGateway: true };
+    }
+    return null;
   } catch {
     return null;
   }

@@ -4,6 +4,11 @@
 // transport applies each id once, in order, holding frames that arrive early, and asks for a
 // replay (`resume`) when a gap stays open. A reconnect after a drop resumes every chat it follows
 // from the last applied id, so nothing is lost and nothing shows twice.
+//
+// Once it has connected, the transport keeps a socket open for good: after a drop it retries
+// with exponential backoff and jitter, forever (a failure to get a token is just another failed
+// attempt), and at once when the browser says it is back online or the tab becomes visible.
+// It reports its state through `onStatus` so the page can say what is going on.
 import type { ChatTransport, UIMessage, UIMessageChunk } from 'ai';
 import { parseServerFrame, type ClientFrame, type ServerFrame } from './protocol';
 
@@ -37,6 +42,39 @@ export interface TransportOptions {
   /** Reconnect backoff bounds. */
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /** A request (`send-message`) with no answer after this long fails with code `timeout`. */
+  requestTimeoutMs?: number;
+  /** A socket that has not opened after this long is given up and retried. */
+  connectTimeoutMs?: number;
+  /** A `ping` with no `pong` after this long means the socket is dead: it is closed and retried. */
+  pongTimeoutMs?: number;
+  /** The connection's state, whenever it changes. */
+  onStatus?: (status: ConnectionStatus) => void;
+  /** Where `online` and `visibilitychange` come from (the page's window and document by default). */
+  lifecycle?: { window: EventTarget; document: EventTarget & { visibilityState: string } } | null;
+  /** Jitter source, in [0, 1). */
+  random?: () => number;
+}
+
+/** `idle` before the first connection; `reconnecting` after a drop, until a socket opens again. */
+export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'reconnecting';
+
+export interface ConnectionStatus {
+  state: ConnectionState;
+  /** Failed attempts since the last open socket. */
+  attempt: number;
+  /** When the next attempt starts (epoch ms), while waiting for it. */
+  retryAt?: number;
+}
+
+/**
+ * The wait before reconnect attempt `attempt` (0-based): exponential from `minMs`, capped at
+ * `maxMs`, with "equal jitter" (half fixed, half random) so that many tabs dropped at once do not
+ * come back in step, while each still waits at least half the nominal delay.
+ */
+export function backoffDelay(attempt: number, minMs: number, maxMs: number, random: () => number = Math.random): number {
+  const nominal = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
+  return Math.round(nominal / 2 + random() * (nominal / 2));
 }
 
 interface Sink {
@@ -60,6 +98,9 @@ interface ChatState {
 interface Pending {
   resolve: (frame: ServerFrame) => void;
   reject: (error: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+  /** The frame's text, while it waits in the outbox for a socket. */
+  text: string;
 }
 
 let counter = 0;
@@ -84,14 +125,57 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
   private outbox: string[] = [];
   private chats = new Map<string, ChatState>();
   private pending = new Map<string, Pending>();
-  private backoff: number;
+  private attempt = 0;
   private closedByUs = false;
   private timers: ReturnType<typeof setTimeout>[] = [];
   private pingTimer?: ReturnType<typeof setInterval>;
+  private pongTimer?: ReturnType<typeof setTimeout>;
+  private reconnectTimer?: ReturnType<typeof setTimeout>;
   private connecting = false;
+  /** Set by the first connection attempt: from then on a socket is kept open. */
+  private wanted = false;
+  private everOpened = false;
+  private status: ConnectionStatus = { state: 'idle', attempt: 0 };
+  private detachLifecycle?: () => void;
 
   constructor(private readonly options: TransportOptions) {
-    this.backoff = options.minBackoffMs ?? 250;
+    const lifecycle =
+      options.lifecycle === undefined && typeof window !== 'undefined' && typeof document !== 'undefined'
+        ? { window, document }
+        : options.lifecycle;
+    if (lifecycle) {
+      const onOnline = () => this.reconnectNow();
+      const onVisible = () => {
+        if (lifecycle.document.visibilityState === 'visible') this.reconnectNow();
+      };
+      lifecycle.window.addEventListener('online', onOnline);
+      lifecycle.document.addEventListener('visibilitychange', onVisible);
+      this.detachLifecycle = () => {
+        lifecycle.window.removeEventListener('online', onOnline);
+        lifecycle.document.removeEventListener('visibilitychange', onVisible);
+      };
+    }
+  }
+
+  /** The connection's current state. */
+  connectionStatus(): ConnectionStatus {
+    return this.status;
+  }
+
+  /**
+   * Tries to connect now instead of waiting out the backoff (the browser is back online, the tab
+   * became visible, the user asked). An open socket is checked with a ping instead.
+   */
+  reconnectNow() {
+    if (this.closedByUs || !this.wanted) return;
+    if (this.open) {
+      this.ping();
+      return;
+    }
+    if (this.connecting) return;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    void this.connect();
   }
 
   // ---- ChatTransport ----
@@ -105,13 +189,23 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
   }): Promise<ReadableStream<UIMessageChunk>> {
     const { trigger, chatId, messages, abortSignal } = options;
     const state = this.state(chatId);
+    // An edit (`sendMessage({ messageId })`) names the user message it replaces: the message
+    // sent carries that id, and the server drops everything after it (DESIGN §5).
     const frame: ClientFrame =
       trigger === 'submit-message'
-        ? { action: 'send-message', chatId, trigger, message: messages[messages.length - 1], model: this.options.model?.() }
+        ? {
+            action: 'send-message',
+            chatId,
+            trigger,
+            message: messages[messages.length - 1],
+            ...(options.messageId ? { messageId: options.messageId } : {}),
+            model: this.options.model?.(),
+          }
         : { action: 'send-message', chatId, trigger, messageId: options.messageId };
+    // The sender is subscribed by the send itself: frames of this turn may come before the ack.
+    state.following = true;
     const ack = await this.request(frame);
     if (ack.type !== 'ack') throw new ChatRequestError('internal', `unexpected ${ack.type}`);
-    state.following = true;
     if (state.runId !== ack.runId) {
       this.resetRun(state, ack.runId);
     }
@@ -168,6 +262,10 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     this.closedByUs = true;
     this.timers.forEach(clearTimeout);
     if (this.pingTimer) clearInterval(this.pingTimer);
+    if (this.pongTimer) clearTimeout(this.pongTimer);
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    for (const pending of this.pending.values()) clearTimeout(pending.timer);
+    this.detachLifecycle?.();
     this.socket?.close();
   }
 
@@ -217,27 +315,65 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     }
   }
 
+  /**
+   * Sends a frame that the server answers (`ack` or `error`).
+   * # Errors
+   * The server's `error` as a `ChatRequestError`; code `timeout` when nothing came back within
+   * `requestTimeoutMs` (a frame still waiting for a socket is then not sent at all, so a retry
+   * cannot send it twice); code `disconnected` when the socket dropped before the answer.
+   */
   private request(frame: ClientFrame): Promise<ServerFrame> {
     const requestId = newRequestId();
+    const text = JSON.stringify({ ...frame, requestId });
+    const timeoutMs = this.options.requestTimeoutMs ?? 10_000;
     return new Promise((resolve, reject) => {
-      this.pending.set(requestId, { resolve, reject });
-      this.send({ ...frame, requestId } as ClientFrame);
+      const timer = setTimeout(() => {
+        if (!this.pending.delete(requestId)) return;
+        this.outbox = this.outbox.filter((queued) => queued !== text);
+        reject(new ChatRequestError('timeout', `The server did not answer within ${Math.round(timeoutMs / 1000)} s.`));
+      }, timeoutMs);
+      this.pending.set(requestId, {
+        resolve: (answer) => {
+          clearTimeout(timer);
+          resolve(answer);
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+        timer,
+        text,
+      });
+      this.sendText(text, true);
     });
   }
 
   private send(frame: ClientFrame) {
-    const text = JSON.stringify(frame);
+    this.sendText(JSON.stringify(frame));
+  }
+
+  /** Sends now, or queues for the next socket; `urgent` (a user's request) skips the backoff wait. */
+  private sendText(text: string, urgent = false) {
     if (this.open && this.socket) {
       this.socket.send(text);
     } else {
       this.outbox.push(text);
-      void this.connect();
+      this.wanted = true;
+      if (urgent) this.reconnectNow();
+      else if (!this.reconnectTimer) void this.connect();
     }
+  }
+
+  private setStatus(status: ConnectionStatus) {
+    this.status = status;
+    this.options.onStatus?.(status);
   }
 
   private async connect() {
     if (this.connecting || this.open || this.closedByUs) return;
+    this.wanted = true;
     this.connecting = true;
+    this.setStatus({ state: this.everOpened ? 'reconnecting' : 'connecting', attempt: this.attempt });
     let url: string;
     try {
       url = await this.options.url();
@@ -246,15 +382,31 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
       this.scheduleReconnect(true);
       return;
     }
+    if (this.closedByUs) return;
     const Impl = this.options.WebSocketImpl ?? WebSocket;
-    const socket = new Impl(url);
+    let socket: WebSocket;
+    try {
+      socket = new Impl(url);
+    } catch {
+      this.connecting = false;
+      this.scheduleReconnect(true);
+      return;
+    }
     this.socket = socket;
     let opened = false;
+    const openTimer = setTimeout(() => {
+      // Neither open nor closed: a connection attempt that hangs would block every later one.
+      if (!opened && this.socket === socket) socket.close();
+    }, this.options.connectTimeoutMs ?? 10_000);
+    this.timers.push(openTimer);
     socket.onopen = () => {
+      clearTimeout(openTimer);
       opened = true;
       this.connecting = false;
       this.open = true;
-      this.backoff = this.options.minBackoffMs ?? 250;
+      this.everOpened = true;
+      this.attempt = 0;
+      this.setStatus({ state: 'connected', attempt: 0 });
       // Catch up every chat we follow: the replay fills whatever the drop lost.
       const catchUp: string[] = [];
       for (const [chatId, state] of this.chats) {
@@ -274,15 +426,20 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
       if (frame) this.handle(frame);
     };
     socket.onclose = () => {
+      clearTimeout(openTimer);
       if (this.socket !== socket) return;
       this.open = false;
       this.connecting = false;
       this.socket = undefined;
       if (this.pingTimer) clearInterval(this.pingTimer);
-      // Requests in flight may or may not have arrived: let their callers decide.
+      if (this.pongTimer) clearTimeout(this.pongTimer);
+      this.pongTimer = undefined;
+      // Requests sent on this socket may or may not have arrived: let their callers decide.
+      // Requests still in the outbox were never sent and wait for the next socket.
       for (const [id, pending] of this.pending) {
-        pending.reject(new ChatRequestError('internal', 'the connection was lost; please retry'));
+        if (this.outbox.includes(pending.text)) continue;
         this.pending.delete(id);
+        pending.reject(new ChatRequestError('disconnected', 'The connection was lost before the server answered.'));
       }
       if (!this.closedByUs) this.scheduleReconnect(!opened);
     };
@@ -291,9 +448,21 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     };
   }
 
+  /** Pings the server; no pong in time means the socket is dead, so it is closed and retried. */
+  private ping() {
+    const socket = this.socket;
+    if (!socket || !this.open) return;
+    socket.send(JSON.stringify({ action: 'ping' }));
+    if (this.pongTimer) return;
+    this.pongTimer = setTimeout(() => {
+      this.pongTimer = undefined;
+      if (this.socket === socket) socket.close();
+    }, this.options.pongTimeoutMs ?? 10_000);
+  }
+
   private startTimers(socket: WebSocket) {
     if (this.pingTimer) clearInterval(this.pingTimer);
-    this.pingTimer = setInterval(() => this.send({ action: 'ping' }), this.options.pingIntervalMs ?? 5 * 60_000);
+    this.pingTimer = setInterval(() => this.ping(), this.options.pingIntervalMs ?? 5 * 60_000);
     const planned = setTimeout(() => {
       // A planned reconnect before API Gateway's 2-hour cap: the new socket resumes every chat.
       if (this.socket === socket) socket.close(1000, 'planned reconnect');
@@ -302,22 +471,48 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
   }
 
   private scheduleReconnect(failedBeforeOpen: boolean) {
-    const delay = this.backoff;
-    this.backoff = Math.min(this.backoff * 2, this.options.maxBackoffMs ?? 10_000);
-    const timer = setTimeout(async () => {
-      if (failedBeforeOpen) await this.options.onConnectFailed?.();
+    if (this.closedByUs) return;
+    const delay = backoffDelay(
+      this.attempt,
+      this.options.minBackoffMs ?? 500,
+      this.options.maxBackoffMs ?? 15_000,
+      this.options.random,
+    );
+    this.attempt += 1;
+    this.setStatus({ state: this.everOpened ? 'reconnecting' : 'connecting', attempt: this.attempt, retryAt: Date.now() + delay });
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(async () => {
+      this.reconnectTimer = undefined;
+      if (failedBeforeOpen) {
+        // A refused token closes the socket before it opens: get a fresh one. That can fail
+        // too while the network is down; the attempt below then fails and backs off again.
+        try {
+          await this.options.onConnectFailed?.();
+        } catch {
+          // counted as this attempt's failure
+        }
+      }
       void this.connect();
     }, delay);
-    this.timers.push(timer);
   }
 
   private handle(frame: ServerFrame) {
     switch (frame.type) {
+      case 'pong':
+        if (this.pongTimer) clearTimeout(this.pongTimer);
+        this.pongTimer = undefined;
+        break;
       case 'ack':
       case 'error': {
-        const pending = frame.requestId ? this.pending.get(frame.requestId) : undefined;
-        if (pending && frame.requestId) {
-          this.pending.delete(frame.requestId);
+        let requestId = frame.requestId;
+        if (frame.type === 'error' && frame.fromGateway && this.pending.size === 1) {
+          // API Gateway's own errors ("Internal server error" when a function failed) carry its
+          // request id, not ours; with one request outstanding it is the one that failed.
+          requestId = [...this.pending.keys()][0];
+        }
+        const pending = requestId ? this.pending.get(requestId) : undefined;
+        if (pending && requestId) {
+          this.pending.delete(requestId);
           if (frame.type === 'ack') pending.resolve(frame);
           else pending.reject(new ChatRequestError(frame.code, frame.message));
         }

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { readUIMessageStream, type UIMessage, type UIMessageChunk } from 'ai';
 import { afterEach, describe, expect, it } from 'vitest';
-import { WebSocketChatTransport, type SessionInfo } from '../../src/transport';
+import { WebSocketChatTransport, backoffDelay, type SessionInfo } from '../../src/transport';
 
 const fixtures = new URL('../../../fixtures/ai-sdk/', import.meta.url);
 const load = (name: string) => JSON.parse(readFileSync(new URL(name, fixtures), 'utf8'));
@@ -9,6 +9,9 @@ const load = (name: string) => JSON.parse(readFileSync(new URL(name, fixtures), 
 /** A WebSocket the test plays the server of. */
 class FakeSocket {
   static all: FakeSocket[] = [];
+  /** How the next sockets behave: open, refuse (close without opening, the server is down), or
+   * hang (neither open nor close, a black-holed network). */
+  static mode: 'open' | 'refuse' | 'hang' = 'open';
   onopen: (() => void) | null = null;
   onmessage: ((e: { data: string }) => void) | null = null;
   onclose: (() => void) | null = null;
@@ -17,7 +20,11 @@ class FakeSocket {
   closed = false;
   constructor(readonly url: string) {
     FakeSocket.all.push(this);
-    queueMicrotask(() => this.onopen?.());
+    const mode = FakeSocket.mode;
+    queueMicrotask(() => {
+      if (mode === 'open') this.onopen?.();
+      else if (mode === 'refuse') this.drop();
+    });
   }
   send(text: string) {
     this.sent.push(JSON.parse(text));
@@ -81,6 +88,7 @@ const frame = (firstEventId: number, chunks: UIMessageChunk[], replay = false) =
 
 afterEach(() => {
   FakeSocket.all = [];
+  FakeSocket.mode = 'open';
 });
 
 describe('WebSocketChatTransport', () => {
@@ -184,5 +192,206 @@ describe('WebSocketChatTransport', () => {
     socket.emit(frame(1, chunks, true));
     expect(await collect(stream!)).toEqual(chunks);
     busy.close();
+  });
+});
+
+describe('backoffDelay', () => {
+  it('doubles from the minimum up to the cap, with at most half of it random', () => {
+    expect(backoffDelay(0, 500, 15_000, () => 0)).toBe(250);
+    expect(backoffDelay(0, 500, 15_000, () => 0.999999)).toBe(500);
+    expect(backoffDelay(3, 500, 15_000, () => 0)).toBe(2000);
+    expect(backoffDelay(3, 500, 15_000, () => 0.5)).toBe(3000);
+    expect(backoffDelay(10, 500, 15_000, () => 0)).toBe(7500);
+    expect(backoffDelay(10, 500, 15_000, () => 0.999999)).toBe(15_000);
+    expect(backoffDelay(10_000, 500, 15_000, () => 0.5)).toBe(11_250);
+  });
+
+  it('spreads clients that dropped together', () => {
+    const delays = new Set(Array.from({ length: 50 }, () => backoffDelay(4, 500, 15_000)));
+    expect(delays.size).toBeGreaterThan(10);
+    for (const d of delays) expect(d).toBeGreaterThanOrEqual(4000), expect(d).toBeLessThanOrEqual(8000);
+  });
+});
+
+describe('WebSocketChatTransport connection', () => {
+  function lifecycle() {
+    const win = new EventTarget();
+    const doc = Object.assign(new EventTarget(), { visibilityState: 'visible' });
+    return { window: win, document: doc };
+  }
+
+  it('keeps reconnecting while getting a token fails, and resumes once the server is back', async () => {
+    let down = true;
+    let tokenCalls = 0;
+    const statuses: string[] = [];
+    const t = new WebSocketChatTransport({
+      url: async () => {
+        tokenCalls += 1;
+        if (down) throw new Error('POST /api/session failed');
+        return 'ws://test/ws?token=t';
+      },
+      onConnectFailed: async () => {
+        throw new Error('POST /api/session failed');
+      },
+      WebSocketImpl: FakeSocket as unknown as typeof WebSocket,
+      minBackoffMs: 4,
+      maxBackoffMs: 8,
+      lifecycle: null,
+      onStatus: (s) => statuses.push(s.state),
+    });
+    t.follow('c1');
+    await tick(150);
+    expect(tokenCalls).toBeGreaterThan(5);
+    expect(FakeSocket.all.length).toBe(0);
+    expect(t.connectionStatus().state).toBe('connecting');
+    down = false;
+    await tick(40);
+    expect(FakeSocket.all.length).toBe(1);
+    expect(FakeSocket.all[0].last('resume')).toMatchObject({ chatId: 'c1', lastEventId: 0 });
+    expect(statuses.at(-1)).toBe('connected');
+    t.close();
+  });
+
+  it('says it is reconnecting after a drop, retries with growing waits, and connects again', async () => {
+    const statuses: { state: string; attempt: number }[] = [];
+    const t = new WebSocketChatTransport({
+      url: async () => 'ws://test/ws?token=t',
+      WebSocketImpl: FakeSocket as unknown as typeof WebSocket,
+      minBackoffMs: 10,
+      maxBackoffMs: 40,
+      connectTimeoutMs: 5,
+      random: () => 0.999,
+      lifecycle: null,
+      onStatus: (s) => statuses.push({ state: s.state, attempt: s.attempt }),
+    });
+    t.follow('c1');
+    await tick(5);
+    expect(t.connectionStatus().state).toBe('connected');
+    FakeSocket.mode = 'refuse';
+    FakeSocket.all[0].drop();
+    expect(t.connectionStatus().state).toBe('reconnecting');
+    await tick(200);
+    const attempts = FakeSocket.all.length - 1;
+    expect(attempts).toBeGreaterThanOrEqual(3);
+    expect(attempts).toBeLessThan(12); // backing off, not spinning
+    expect(statuses.filter((s) => s.state === 'reconnecting').length).toBeGreaterThan(2);
+    FakeSocket.mode = 'open';
+    await tick(80);
+    expect(t.connectionStatus()).toMatchObject({ state: 'connected', attempt: 0 });
+    const last = FakeSocket.all[FakeSocket.all.length - 1];
+    expect(last.last('resume')).toMatchObject({ chatId: 'c1' });
+    t.close();
+  });
+
+  it('reconnects at once when the browser goes online or the tab becomes visible', async () => {
+    const events = lifecycle();
+    FakeSocket.mode = 'refuse';
+    const t = new WebSocketChatTransport({
+      url: async () => 'ws://test/ws?token=t',
+      WebSocketImpl: FakeSocket as unknown as typeof WebSocket,
+      minBackoffMs: 60_000,
+      maxBackoffMs: 60_000,
+      connectTimeoutMs: 5,
+      lifecycle: events,
+    });
+    t.follow('c1');
+    await tick(20); // the first attempt failed; the next waits half a minute or more
+    expect(FakeSocket.all.length).toBe(1);
+    FakeSocket.mode = 'open';
+    events.window.dispatchEvent(new Event('online'));
+    await tick(5);
+    expect(FakeSocket.all.length).toBe(2);
+    expect(t.connectionStatus().state).toBe('connected');
+
+    FakeSocket.mode = 'refuse';
+    FakeSocket.all[1].drop();
+    await tick(20);
+    const before = FakeSocket.all.length;
+    FakeSocket.mode = 'open';
+    events.document.visibilityState = 'hidden';
+    events.document.dispatchEvent(new Event('visibilitychange'));
+    await tick(5);
+    expect(FakeSocket.all.length).toBe(before);
+    events.document.visibilityState = 'visible';
+    events.document.dispatchEvent(new Event('visibilitychange'));
+    await tick(5);
+    expect(FakeSocket.all.length).toBe(before + 1);
+    expect(t.connectionStatus().state).toBe('connected');
+    t.close();
+  });
+
+  it('fails a send with no answer after the timeout, and does not send it later', async () => {
+    FakeSocket.mode = 'hang';
+    const t = new WebSocketChatTransport({
+      url: async () => 'ws://test/ws?token=t',
+      WebSocketImpl: FakeSocket as unknown as typeof WebSocket,
+      requestTimeoutMs: 40,
+      connectTimeoutMs: 1000,
+      lifecycle: null,
+    });
+    const started = Date.now();
+    const promise = t.sendMessages({ trigger: 'submit-message', chatId: 'c1', messageId: undefined, messages: [user], abortSignal: undefined });
+    await expect(promise).rejects.toMatchObject({ code: 'timeout' });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(35);
+    // The socket opens late: the timed-out message must not go out behind the user's back.
+    const socket = FakeSocket.all[0];
+    socket.onopen?.();
+    expect(socket.sent.filter((f) => f.action === 'send-message')).toEqual([]);
+    t.close();
+  });
+
+  it('fails a send whose socket answers nothing at all, on an open socket too', async () => {
+    const t = new WebSocketChatTransport({
+      url: async () => 'ws://test/ws?token=t',
+      WebSocketImpl: FakeSocket as unknown as typeof WebSocket,
+      requestTimeoutMs: 30,
+      lifecycle: null,
+    });
+    const promise = t.sendMessages({ trigger: 'submit-message', chatId: 'c1', messageId: undefined, messages: [user], abortSignal: undefined });
+    await expect(promise).rejects.toThrow(/did not answer/);
+    expect(FakeSocket.all[0].last('send-message')).toMatchObject({ message: user });
+    t.close();
+  });
+
+  it('fails the outstanding send on an API Gateway error frame (no `type`)', async () => {
+    const frames: unknown[] = [];
+    const t = new WebSocketChatTransport({
+      url: async () => 'ws://test/ws?token=t',
+      WebSocketImpl: FakeSocket as unknown as typeof WebSocket,
+      lifecycle: null,
+      onFrame: (f) => frames.push(f),
+    });
+    const promise = t.sendMessages({ trigger: 'submit-message', chatId: 'c1', messageId: undefined, messages: [user], abortSignal: undefined });
+    await tick();
+    FakeSocket.all[0].emit({ message: 'Internal server error', connectionId: 'abc=', requestId: 'gw-1' });
+    await expect(promise).rejects.toThrow('Internal server error');
+    expect(frames[0]).toMatchObject({ type: 'error', fromGateway: true, message: 'Internal server error' });
+    t.close();
+  });
+
+  it('closes a socket that does not answer a ping, and reconnects', async () => {
+    const t = new WebSocketChatTransport({
+      url: async () => 'ws://test/ws?token=t',
+      WebSocketImpl: FakeSocket as unknown as typeof WebSocket,
+      pingIntervalMs: 10,
+      pongTimeoutMs: 10,
+      minBackoffMs: 2,
+      lifecycle: null,
+    });
+    t.follow('c1');
+    await tick(50);
+    expect(FakeSocket.all[0].closed).toBe(true);
+    expect(FakeSocket.all[0].last('ping')).toEqual({ action: 'ping' });
+    expect(FakeSocket.all.length).toBeGreaterThan(1);
+    t.close();
+  });
+
+  it('sends an edit with the id of the message it replaces', async () => {
+    const t = transport();
+    const edited: UIMessage = { id: 'u1', role: 'user', parts: [{ type: 'text', text: 'hi again' }] };
+    void t.sendMessages({ trigger: 'submit-message', chatId: 'c1', messageId: 'u1', messages: [edited], abortSignal: undefined }).catch(() => {});
+    await tick();
+    expect(FakeSocket.all[0].last('send-message')).toMatchObject({ trigger: 'submit-message', messageId: 'u1', message: edited });
+    t.close();
   });
 });
