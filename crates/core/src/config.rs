@@ -157,7 +157,24 @@ impl ModelSettings {
                 problem: "must be a positive number".into(),
             });
         }
+        offline_reply_tokens_from_env()?;
         Ok(ModelSettings::Offline { tokens_per_sec })
+    }
+}
+
+/// `CHAT_OFFLINE_REPLY_TOKENS`: when set, every reply of the built-in offline model is exactly
+/// this many tokens, so a benchmark fixes both the rate and the length of a turn. Kept apart
+/// from `ModelSettings::Offline` so code that builds that variant needs no change.
+/// # Errors
+/// A value that is not a positive whole number.
+pub fn offline_reply_tokens_from_env() -> Result<Option<usize>, ConfigError> {
+    match parse_var::<usize>("CHAT_OFFLINE_REPLY_TOKENS", 0)? {
+        0 if var("CHAT_OFFLINE_REPLY_TOKENS").is_some() => Err(ConfigError {
+            name: "CHAT_OFFLINE_REPLY_TOKENS",
+            problem: "must be a positive whole number".into(),
+        }),
+        0 => Ok(None),
+        n => Ok(Some(n)),
     }
 }
 

@@ -14,7 +14,9 @@ pub mod openai;
 
 use std::sync::Arc;
 
-use chatrun_core::config::{ANTHROPIC_OPENAI_BASE_URL, ModelSettings};
+use chatrun_core::config::{
+    ANTHROPIC_OPENAI_BASE_URL, ModelSettings, offline_reply_tokens_from_env,
+};
 use chatrun_core::ports::LanguageModel;
 
 pub use offline::OfflineModel;
@@ -39,6 +41,10 @@ pub fn model_from_settings(settings: &ModelSettings) -> Arc<dyn LanguageModel> {
             model,
             "Anthropic",
         )),
-        ModelSettings::Offline { tokens_per_sec } => Arc::new(OfflineModel::new(*tokens_per_sec)),
+        // Validated by `ModelSettings::from_env` at start-up.
+        ModelSettings::Offline { tokens_per_sec } => Arc::new(
+            OfflineModel::new(*tokens_per_sec)
+                .with_reply_tokens(offline_reply_tokens_from_env().ok().flatten()),
+        ),
     }
 }

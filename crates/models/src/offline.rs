@@ -1,7 +1,10 @@
 //! `OfflineModel`: a deterministic built-in model, so chatrun runs with no API key and no
 //! network. Its replies are plausible multi-sentence markdown that depends on the prompt (and on
 //! how far the conversation has gone), streamed word by word at a set speed: enough to exercise
-//! everything a real model does to the stream.
+//! everything a real model does to the stream. A prompt that asks for code gets a fenced code
+//! block with a language tag, so the page's highlighting has something to show. With a fixed
+//! reply length (`CHAT_OFFLINE_REPLY_TOKENS`) every reply is exactly that many tokens, so a
+//! benchmark fixes both the rate and the length of a turn.
 
 use std::time::Duration;
 
@@ -19,13 +22,22 @@ pub const OFFLINE_MODEL_ID: &str = "offline";
 #[derive(Debug, Clone)]
 pub struct OfflineModel {
     tokens_per_sec: f64,
+    reply_tokens: Option<usize>,
 }
 
 impl OfflineModel {
     pub fn new(tokens_per_sec: f64) -> Self {
         OfflineModel {
             tokens_per_sec: tokens_per_sec.max(0.1),
+            reply_tokens: None,
         }
+    }
+
+    /// Every reply exactly `tokens` tokens long (`None`: as long as the composed reply).
+    #[must_use]
+    pub fn with_reply_tokens(mut self, tokens: Option<usize>) -> Self {
+        self.reply_tokens = tokens.map(|n| n.max(1));
+        self
     }
 
     /// The full reply to a history, as the tokens it streams (each a word with the whitespace
@@ -39,11 +51,44 @@ impl OfflineModel {
             .map(|m| m.text())
             .unwrap_or_default();
         let text = compose(&prompt, request.messages.len());
-        text.split_inclusive(char::is_whitespace)
-            .map(str::to_owned)
-            .collect()
+        split_tokens(&text)
+    }
+
+    /// The reply this model streams: the composed reply, cut or padded with more prose to the
+    /// fixed length when one is set. A cut can end inside a code block; the benchmark's prompts
+    /// do not ask for code.
+    pub fn reply_for(&self, request: &ModelRequest) -> Vec<String> {
+        let mut tokens = Self::reply_tokens(request);
+        let Some(wanted) = self.reply_tokens else {
+            return tokens;
+        };
+        let mut pick = Picker(fnv(&tokens.concat(), wanted as u64));
+        while tokens.len() < wanted {
+            if let Some(last) = tokens.last_mut()
+                && !last.ends_with(char::is_whitespace)
+            {
+                last.push(' ');
+            }
+            tokens.extend(split_tokens(pick.pick(PADDING)));
+        }
+        tokens.truncate(wanted);
+        tokens
     }
 }
+
+fn split_tokens(text: &str) -> Vec<String> {
+    text.split_inclusive(char::is_whitespace)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Prose that lengthens a reply to a fixed token count.
+const PADDING: &[&str] = &[
+    "It is worth checking each step against a small example before trusting it.",
+    "The same idea shows up in many places once you start looking for it.",
+    "None of this is final, and a second look often turns up something new.",
+    "Details matter here, but the overall shape matters more.",
+];
 
 /// FNV-1a: a stable hash, so the same prompt gets the same reply on every machine.
 fn fnv(text: &str, salt: u64) -> u64 {
@@ -92,8 +137,134 @@ fn keywords(prompt: &str) -> Vec<String> {
     seen
 }
 
+/// Words that, with a verb like "write", make a prompt a request for code.
+const CODE_NOUNS: &[&str] = &["function", "program", "class", "method", "algorithm"];
+/// Words that make a prompt a request for code on their own.
+const CODE_WORDS: &[&str] = &["code", "snippet", "snippets", "script"];
+const CODE_VERBS: &[&str] = &["write", "implement", "show", "give", "create", "make"];
+
+/// The programming languages a code reply can be in: the words that name each, its fence tag,
+/// and the name it is called by in prose.
+const LANGUAGES: &[(&[&str], &str, &str)] = &[
+    (&["python", "py"], "python", "Python"),
+    (&["rust"], "rust", "Rust"),
+    (&["javascript", "js", "node"], "javascript", "JavaScript"),
+    (&["typescript", "ts"], "typescript", "TypeScript"),
+    (&["golang"], "go", "Go"),
+    (&["bash", "shell", "sh"], "bash", "shell"),
+    (&["sql"], "sql", "SQL"),
+];
+
+/// When the prompt asks for code, the language of the fence (tag, name): the one the prompt
+/// names, else Python.
+fn code_language(prompt: &str) -> Option<(&'static str, &'static str)> {
+    let words: Vec<String> = prompt
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    let has = |set: &[&str]| words.iter().any(|w| set.contains(&w.as_str()));
+    let named = LANGUAGES
+        .iter()
+        .find(|(names, _, _)| has(names))
+        .map(|(_, tag, name)| (*tag, *name));
+    let asks = has(CODE_WORDS) || (has(CODE_VERBS) && (has(CODE_NOUNS) || named.is_some()));
+    asks.then(|| named.unwrap_or(("python", "Python")))
+}
+
+/// A short function in `tag`'s language named after the prompt's subject.
+fn code_sample(tag: &str, name: &str) -> String {
+    match tag {
+        "rust" => format!(
+            "fn {name}(items: &[&str]) -> Vec<String> {{\n    items\n        .iter()\n        .filter(|item| !item.is_empty())\n        .map(|item| item.to_string())\n        .collect()\n}}\n\nfn main() {{\n    println!(\"{{:?}}\", {name}(&[\"a\", \"\", \"b\"]));\n}}\n"
+        ),
+        "javascript" | "typescript" => {
+            let ty = if tag == "typescript" {
+                ": string[]"
+            } else {
+                ""
+            };
+            let camel = camel_case(name);
+            format!(
+                "function {camel}(items{ty}){ty} {{\n  return items.filter((item) => item.length > 0);\n}}\n\nconsole.log({camel}([\"a\", \"\", \"b\"]));\n"
+            )
+        }
+        "go" => format!(
+            "func {name}(items []string) []string {{\n\tvar out []string\n\tfor _, item := range items {{\n\t\tif item != \"\" {{\n\t\t\tout = append(out, item)\n\t\t}}\n\t}}\n\treturn out\n}}\n"
+        ),
+        "bash" => format!(
+            "{name}() {{\n  for item in \"$@\"; do\n    [ -n \"$item\" ] && echo \"$item\"\n  done\n}}\n\n{name} a \"\" b\n"
+        ),
+        "sql" => format!("SELECT id, name\nFROM {name}\nWHERE name <> ''\nORDER BY id;\n"),
+        _ => format!(
+            "def {name}(items):\n    \"\"\"Keep the items that are not empty.\"\"\"\n    return [item for item in items if item]\n\n\nif __name__ == \"__main__\":\n    print({name}([\"a\", \"\", \"b\"]))\n"
+        ),
+    }
+}
+
+fn camel_case(snake: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in snake.split('_').enumerate() {
+        let mut chars = part.chars();
+        match chars.next() {
+            Some(first) if i > 0 => {
+                out.extend(first.to_uppercase());
+                out.push_str(chars.as_str());
+            }
+            _ => out.push_str(part),
+        }
+    }
+    out
+}
+
+/// A code reply: a sentence, the fenced block with its language tag, a sentence on how it works.
+fn compose_code(prompt: &str, tag: &str, language: &str, pick: &mut Picker) -> String {
+    let subject = code_subject(prompt)
+        .map(|w| {
+            w.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect::<String>()
+        })
+        .filter(|w| w.starts_with(|c: char| c.is_ascii_alphabetic()))
+        .unwrap_or_else(|| "keep_items".into());
+    let opener = pick.pick(&[
+        "Here is a small version you can start from.",
+        "Sure. Here is one way to write it.",
+        "This is a compact version; adjust the names to fit your code.",
+    ]);
+    let after = pick.pick(&[
+        "It keeps the logic in one small function, so it is easy to test on its own.",
+        "Try it on a few inputs, including an empty one, before relying on it.",
+        "The example call at the end shows the expected input and output.",
+    ]);
+    format!(
+        "{opener} In {language}:\n\n```{tag}\n{}```\n\n{after} I am the built-in offline model, so check it before you use it.",
+        code_sample(tag, &subject)
+    )
+}
+
+/// The prompt's longest word that is not a stop word, a language or a word asking for code.
+fn code_subject(prompt: &str) -> Option<String> {
+    let ignored = |lower: &str| {
+        STOP_WORDS.contains(&lower)
+            || [CODE_NOUNS, CODE_WORDS, CODE_VERBS]
+                .iter()
+                .any(|set| set.contains(&lower))
+            || LANGUAGES.iter().any(|(names, _, _)| names.contains(&lower))
+    };
+    prompt
+        .split(|c: char| !c.is_alphanumeric() && c != '_')
+        .map(str::to_lowercase)
+        .filter(|w| w.chars().count() > 2 && !ignored(w))
+        .rev()
+        .max_by_key(|w| w.chars().count())
+}
+
 fn compose(prompt: &str, history_len: usize) -> String {
     let mut pick = Picker(fnv(prompt, history_len as u64));
+    if let Some((tag, language)) = code_language(prompt) {
+        return compose_code(prompt, tag, language, &mut pick);
+    }
     let keys = keywords(prompt);
     let topic = keys.first().cloned().unwrap_or_else(|| "that".into());
     let second = keys.get(1).cloned().unwrap_or_else(|| "the details".into());
@@ -162,7 +333,7 @@ fn compose(prompt: &str, history_len: usize) -> String {
 #[async_trait]
 impl LanguageModel for OfflineModel {
     async fn stream(&self, request: ModelRequest) -> Result<ModelStream, ModelError> {
-        let tokens = Self::reply_tokens(&request);
+        let tokens = self.reply_for(&request);
         let input_tokens = request
             .messages
             .iter()
@@ -273,6 +444,80 @@ mod tests {
                 assert_eq!(u.output_tokens, Some(deltas as u64))
             }
             other => panic!("ends with finish: {other:?}"),
+        }
+    }
+
+    fn stream_text(events: &[Result<ModelEvent, ModelError>]) -> (usize, String) {
+        let mut text = String::new();
+        let mut deltas = 0;
+        for event in events {
+            if let Ok(ModelEvent::TextDelta(t)) = event {
+                deltas += 1;
+                text.push_str(t);
+            }
+        }
+        (deltas, text)
+    }
+
+    #[tokio::test]
+    async fn a_fixed_reply_length_streams_exactly_that_many_tokens() {
+        for (prompt, wanted) in [
+            ("pace test please", 85),
+            ("How do tide pools form on rocky coasts?", 5),
+            ("hi", 500),
+            ("write a python function that reverses a string", 300),
+        ] {
+            let model = OfflineModel::new(100_000.0).with_reply_tokens(Some(wanted));
+            let events: Vec<_> = model.stream(request(prompt)).await.unwrap().collect().await;
+            let (deltas, text) = stream_text(&events);
+            assert_eq!(deltas, wanted, "{prompt}");
+            match events.last() {
+                Some(Ok(ModelEvent::Finish { usage: Some(u), .. })) => {
+                    assert_eq!(u.output_tokens, Some(wanted as u64))
+                }
+                other => panic!("ends with finish: {other:?}"),
+            }
+            // Padded replies stay prose: words separated by whitespace, never glued together.
+            assert!(!text.contains(".It"), "{text}");
+            let again: Vec<_> = model.stream(request(prompt)).await.unwrap().collect().await;
+            assert_eq!(stream_text(&again).1, text, "deterministic");
+        }
+        let free = OfflineModel::new(1.0).with_reply_tokens(None);
+        assert_eq!(
+            free.reply_for(&request("pace test please")),
+            OfflineModel::reply_tokens(&request("pace test please"))
+        );
+    }
+
+    #[test]
+    fn a_request_for_code_gets_a_fenced_block_with_its_language() {
+        for (prompt, tag) in [
+            ("write a python function that reverses a string", "python"),
+            ("Show me code for binary search", "python"),
+            ("code for a retry loop in Rust", "rust"),
+            ("Can you implement debounce in TypeScript?", "typescript"),
+            ("write a javascript function to sum an array", "javascript"),
+            ("give me a bash script that backs up a folder", "bash"),
+        ] {
+            let reply = OfflineModel::reply_tokens(&request(prompt)).concat();
+            let open = format!("```{tag}\n");
+            let start = reply
+                .find(&open)
+                .unwrap_or_else(|| panic!("{prompt}: {reply}"));
+            let body = &reply[start + open.len()..];
+            let end = body
+                .find("\n```")
+                .unwrap_or_else(|| panic!("closed: {reply}"));
+            assert!(body[..end].lines().count() >= 2, "{reply}");
+            assert_eq!(reply.matches("```").count(), 2, "{reply}");
+        }
+        for prompt in [
+            "How does the liver function?",
+            "Explain quantum entanglement simply",
+            "How do tide pools form on rocky coasts?",
+        ] {
+            let reply = OfflineModel::reply_tokens(&request(prompt)).concat();
+            assert!(!reply.contains("```"), "{prompt}: {reply}");
         }
     }
 }
