@@ -1,15 +1,24 @@
 // One chat: its history loaded over HTTP, then useChat over the WebSocket transport.
 import { useChat } from '@ai-sdk/react';
 import type { UIMessage } from 'ai';
-import { useEffect, useRef, useState, type KeyboardEvent } from 'react';
-import Markdown from 'react-markdown';
-import remarkGfm from 'remark-gfm';
+import { useCallback, useEffect, useLayoutEffect, useRef, useState, type KeyboardEvent } from 'react';
 import { ApiError, type Api } from './api';
-import type { ModelInfo, ServerFrame } from './protocol';
+import { CopyButton } from './CopyButton';
+import { Markdown } from './Markdown';
+import type { ChatView, ModelInfo, ServerFrame } from './protocol';
+import { readSnapshot, saveSnapshot } from './snapshot';
 import type { SessionInfo, WebSocketChatTransport } from './transport';
+
+/** What the header shows of the open chat. */
+export interface ChatMeta {
+  title: string;
+  model: string;
+}
 
 interface Props {
   chatId: string;
+  /** A chat that does not exist yet (the page at `/`): nothing to load. */
+  isNew: boolean;
   api: Api;
   transport: WebSocketChatTransport;
   sessions: Map<string, SessionInfo>;
@@ -18,40 +27,81 @@ interface Props {
   models: ModelInfo[];
   model: string | undefined;
   onModel: (model: string) => void;
+  /** The first message of a new chat was accepted. */
+  onCreated: (chatId: string) => void;
+  onMeta: (meta: ChatMeta) => void;
+  /** What the header shows, kept in the tab's snapshot. */
+  title: string;
+  modelId: string | undefined;
+}
+
+function rememberSession(sessions: Map<string, SessionInfo>, chatId: string, view: ChatView) {
+  if (view.session) {
+    sessions.set(chatId, {
+      runId: view.session.runId,
+      lastEventId: view.session.lastEventId,
+      streaming: view.session.streaming,
+      assistantMessageId: view.session.assistantMessageId,
+    });
+  }
+}
+
+/**
+ * The server's version of the chat replacing what the page showed from its snapshot; a reply
+ * still streaming is kept (the history holds it only once it is complete).
+ */
+function reconcile(current: UIMessage[], view: ChatView): UIMessage[] {
+  const streamingId = view.session?.streaming ? view.session.assistantMessageId : null;
+  if (streamingId && !view.messages.some((m) => m.id === streamingId)) {
+    const partial = current.find((m) => m.id === streamingId);
+    if (partial) return [...view.messages, partial];
+  }
+  return view.messages;
 }
 
 export function ChatPanel(props: Props) {
-  const { chatId, api, transport, sessions } = props;
-  const [initial, setInitial] = useState<UIMessage[] | null>(null);
+  const { chatId, isNew, api, transport, sessions, onMeta } = props;
+  // After a refresh: the tab's snapshot paints at once, and the server's version follows.
+  const [snapshot] = useState(() => {
+    const found = isNew ? null : readSnapshot(chatId);
+    if (found?.session) sessions.set(chatId, found.session);
+    return found;
+  });
+  // A new chat starts empty; staying the same component when it gets its URL.
+  const [initial, setInitial] = useState<UIMessage[] | null>(isNew ? [] : (snapshot?.messages ?? null));
+  const [fresh, setFresh] = useState<ChatView | null>(null);
   const [loadError, setLoadError] = useState<string | null>(null);
   const [attempt, setAttempt] = useState(0);
+  const startedNew = useRef(isNew);
 
   useEffect(() => {
+    if (snapshot) onMeta({ title: snapshot.title, model: snapshot.model });
+  }, [snapshot, onMeta]);
+
+  useEffect(() => {
+    if (startedNew.current) return () => transport.unfollow(chatId);
     let cancelled = false;
     api
       .getChat(chatId)
       .then((view) => {
         if (cancelled) return;
-        if (view.session) {
-          sessions.set(chatId, {
-            runId: view.session.runId,
-            lastEventId: view.session.lastEventId,
-            streaming: view.session.streaming,
-            assistantMessageId: view.session.assistantMessageId,
-          });
-        }
-        setInitial(view.messages);
+        rememberSession(sessions, chatId, view);
+        onMeta({ title: view.title, model: view.model });
+        if (snapshot) setFresh(view);
+        else setInitial(view.messages);
       })
       .catch((e: unknown) => {
         if (cancelled) return;
-        if (e instanceof ApiError && e.status === 404) setInitial([]);
-        else setLoadError((e as Error).message);
+        const gone = e instanceof ApiError && e.status === 404;
+        if (gone && snapshot) setFresh({ id: chatId, title: 'New chat', model: '', createdAt: 0, updatedAt: 0, messages: [], session: null });
+        else if (gone) setInitial([]);
+        else if (!snapshot) setLoadError((e as Error).message);
       });
     return () => {
       cancelled = true;
       transport.unfollow(chatId);
     };
-  }, [api, chatId, sessions, transport, attempt]);
+  }, [api, chatId, sessions, transport, attempt, onMeta, snapshot]);
 
   if (loadError) {
     return (
@@ -69,46 +119,117 @@ export function ChatPanel(props: Props) {
     );
   }
   if (!initial) return <div className="loading">Loading…</div>;
-  return <Conversation {...props} initial={initial} />;
+  return <Conversation {...props} initial={initial} fresh={fresh} />;
 }
+
+const textOf = (message: UIMessage) =>
+  message.parts
+    .filter((p) => p.type === 'text')
+    .map((p) => (p as { text: string }).text)
+    .join('\n\n');
+
+/** Within this many pixels of the end counts as "at the bottom". */
+const BOTTOM_SLACK = 48;
 
 function Conversation({
   chatId,
+  isNew,
   api,
   transport,
+  sessions,
   frameListeners,
   unclaimedListeners,
   models,
   model,
   onModel,
+  onCreated,
   initial,
-}: Props & { initial: UIMessage[] }) {
+  fresh,
+  title,
+  modelId,
+}: Props & { initial: UIMessage[]; fresh: ChatView | null }) {
   const { messages, sendMessage, regenerate, stop, status, error, resumeStream, setMessages, clearError } = useChat({
     id: chatId,
     messages: initial,
     transport,
-    resume: true,
+    resume: !isNew,
   });
   const [input, setInput] = useState('');
+  const [editing, setEditing] = useState<string | null>(null);
+  const [retryError, setRetryError] = useState<string | null>(null);
   const statusRef = useRef(status);
   statusRef.current = status;
   const stopped = useRef(false);
-  const bottom = useRef<HTMLDivElement>(null);
+  const created = useRef(!isNew);
   const busy = status === 'submitted' || status === 'streaming';
+
+  useEffect(() => {
+    if (fresh) setMessages((current) => reconcile(current, fresh));
+  }, [fresh, setMessages]);
+
+  // The tab's snapshot, taken as the page goes away (see snapshot.ts).
+  const latest = useRef({ messages, title, modelId });
+  latest.current = { messages, title, modelId };
+  useEffect(() => {
+    let pageHiding = false;
+    const save = () => {
+      if (document.visibilityState === 'visible' && !pageHiding) return;
+      const { messages: shown, title: shownTitle, modelId: shownModel } = latest.current;
+      if (shown.length === 0) return;
+      saveSnapshot({
+        chatId,
+        title: shownTitle,
+        model: shownModel ?? '',
+        messages: shown,
+        session: sessions.get(chatId) ?? null,
+        savedAt: Date.now(),
+      });
+    };
+    const onPageHide = () => {
+      pageHiding = true;
+      save();
+    };
+    window.addEventListener('pagehide', onPageHide);
+    document.addEventListener('visibilitychange', save);
+    return () => {
+      window.removeEventListener('pagehide', onPageHide);
+      document.removeEventListener('visibilitychange', save);
+    };
+  }, [chatId, sessions]);
 
   useEffect(() => {
     const onFrame = (frame: ServerFrame) => {
       if (!('chatId' in frame) || frame.chatId !== chatId) return;
+      // Keep the chat's session current: a snapshot resumes from it.
+      const known = sessions.get(chatId);
+      if (frame.type === 'ack' || frame.type === 'turn-started') {
+        sessions.set(chatId, {
+          runId: frame.runId,
+          lastEventId:
+            frame.type === 'turn-started' ? frame.firstEventId - 1 : known?.runId === frame.runId ? known.lastEventId : 0,
+          streaming: true,
+          assistantMessageId: frame.assistantMessageId,
+        });
+      } else if (frame.type === 'turn-complete') {
+        sessions.set(chatId, { runId: frame.runId, lastEventId: frame.lastEventId, streaming: false, assistantMessageId: null });
+      }
+      if (frame.type === 'ack' && !created.current) {
+        created.current = true;
+        onCreated(chatId);
+      }
       if (frame.type === 'turn-started' && statusRef.current === 'ready') {
-        // Another tab sent a message: show it; its reply streams in through onUnclaimedTurn.
+        // Another tab sent a message: show it; its reply streams in through onUnclaimed.
         setMessages((current) =>
           current.some((m) => m.id === frame.userMessage.id) ? current : [...current, frame.userMessage],
         );
       }
       if (frame.type === 'turn-complete' && stopped.current) {
-        // After a stop, show exactly what was stored: the frames that were in flight too.
+        // After a stop, show exactly what was stored.
         stopped.current = false;
-        void api.getChat(chatId).then((view) => setMessages(view.messages));
+        void api.getChat(chatId).then((view) => {
+          rememberSession(sessions, chatId, view);
+          setMessages(view.messages);
+        });
       }
     };
     const onUnclaimed = (id: string) => {
@@ -120,55 +241,159 @@ function Conversation({
       frameListeners.delete(onFrame);
       unclaimedListeners.delete(onUnclaimed);
     };
-  }, [api, chatId, frameListeners, unclaimedListeners, resumeStream, setMessages]);
+  }, [api, chatId, sessions, frameListeners, unclaimedListeners, resumeStream, setMessages, onCreated]);
 
-  useEffect(() => {
-    bottom.current?.scrollIntoView({ block: 'end' });
-  }, [messages]);
+  // ---- scrolling: only the list scrolls; it follows the reply while the reader is at the end ----
+  const list = useRef<HTMLDivElement>(null);
+  const follow = useRef(true);
+  const [atBottom, setAtBottom] = useState(true);
+  const toBottom = useCallback(() => {
+    const el = list.current;
+    if (!el) return;
+    follow.current = true;
+    el.scrollTop = el.scrollHeight;
+    setAtBottom(true);
+  }, []);
+  const onScroll = () => {
+    const el = list.current;
+    if (!el) return;
+    const bottom = el.scrollHeight - el.scrollTop - el.clientHeight <= BOTTOM_SLACK;
+    follow.current = bottom;
+    setAtBottom(bottom);
+  };
+  useLayoutEffect(() => {
+    const el = list.current;
+    if (el && follow.current) el.scrollTop = el.scrollHeight;
+  }, [messages, status]);
+
+  // ---- the message box ----
+  const box = useRef<HTMLTextAreaElement>(null);
+  const grow = useCallback(() => {
+    const el = box.current;
+    if (!el) return;
+    el.style.height = 'auto';
+    el.style.height = `${el.scrollHeight + (el.offsetHeight - el.clientHeight)}px`;
+  }, []);
+  useLayoutEffect(grow, [input, grow]);
 
   const submit = () => {
     const text = input.trim();
     if (!text || busy) return;
     setInput('');
     clearError();
+    setRetryError(null);
+    toBottom();
     void sendMessage({ text });
   };
 
   const onKeyDown = (e: KeyboardEvent<HTMLTextAreaElement>) => {
-    if (e.key === 'Enter' && !e.shiftKey && !e.nativeEvent.isComposing) {
+    // 229: a key pressed during IME composition in browsers that do not set isComposing.
+    if (e.key === 'Enter' && !e.shiftKey && !e.nativeEvent.isComposing && e.keyCode !== 229) {
       e.preventDefault();
       submit();
     }
   };
 
   const last = messages[messages.length - 1];
-  const retry = () => {
+
+  /**
+   * Retry after a failed send. The message may have reached the server even though no answer
+   * came back: the stored chat says. Stored: show it and follow its reply. Not stored: send the
+   * same message again (same id), never a regeneration of the reply before it.
+   */
+  const retry = async () => {
     clearError();
-    void regenerate();
+    setRetryError(null);
+    if (last?.role !== 'user') {
+      void regenerate();
+      return;
+    }
+    let view: ChatView | null = null;
+    try {
+      view = await api.getChat(chatId);
+    } catch (e) {
+      if (!(e instanceof ApiError && e.status === 404)) {
+        setRetryError(`Still cannot reach the server: ${(e as Error).message}`);
+        return;
+      }
+    }
+    if (view?.messages.some((m) => m.id === last.id)) {
+      rememberSession(sessions, chatId, view);
+      setMessages(view.messages);
+      if (view.session?.streaming) void resumeStream();
+      return;
+    }
+    setMessages(messages.slice(0, -1));
+    void sendMessage({ id: last.id, role: 'user', parts: last.parts });
   };
+
+  const saveEdit = (messageId: string, text: string) => {
+    setEditing(null);
+    clearError();
+    toBottom();
+    void sendMessage({ text, messageId });
+  };
+
+  const failure = retryError ?? (error ? describe(error) : null);
+  const lastAssistantIndex = messages.findLastIndex((m) => m.role === 'assistant');
 
   return (
     <section className="conversation" aria-label="Conversation">
-      <div className="messages" role="log" aria-live="polite" aria-busy={busy}>
-        {messages.length === 0 && (
-          <div className="welcome small">
-            <h1>What can I help with?</h1>
-          </div>
-        )}
-        {messages.map((message) => (
-          <Message key={message.id} message={message} />
-        ))}
-        {status === 'submitted' && <div className="thinking" aria-label="Waiting for the reply">●●●</div>}
-        <div ref={bottom} />
-      </div>
-      {error && (
-        <div className="banner error" role="alert">
-          {error.message || 'Something went wrong.'} <button onClick={retry}>Retry</button>
+      <div className="messages-wrap">
+        <div
+          ref={list}
+          className="messages"
+          role="log"
+          aria-label="Messages"
+          aria-busy={busy}
+          onScroll={onScroll}
+          onWheel={(e) => {
+            if (e.deltaY < 0) follow.current = false;
+          }}
+        >
+          {messages.length === 0 && (
+            <div className="welcome">
+              <h2>What can I help with?</h2>
+              <p>Your chats are saved as they stream: refresh mid-reply and it carries on.</p>
+            </div>
+          )}
+          {messages.map((message, index) => {
+            const streamingThis = busy && index === messages.length - 1 && message.role === 'assistant';
+            return (
+              <MessageView
+                key={message.id}
+                message={message}
+                finished={!streamingThis}
+                editing={editing === message.id}
+                canEdit={!busy && message.role === 'user'}
+                canRegenerate={!busy && index === lastAssistantIndex && index === messages.length - 1}
+                onEdit={() => setEditing(message.id)}
+                onCancelEdit={() => setEditing(null)}
+                onSaveEdit={(text) => saveEdit(message.id, text)}
+                onRegenerate={() => {
+                  clearError();
+                  void regenerate();
+                }}
+              />
+            );
+          })}
+          {status === 'submitted' && (
+            <div className="thinking" role="status" aria-label="Waiting for the reply">
+              <span />
+              <span />
+              <span />
+            </div>
+          )}
         </div>
-      )}
-      {!busy && last?.role === 'assistant' && (
-        <div className="message-actions">
-          <button onClick={() => void regenerate()}>↻ Regenerate</button>
+        {!atBottom && (
+          <button type="button" className="scroll-latest" aria-label="Scroll to latest" onClick={toBottom}>
+            ↓
+          </button>
+        )}
+      </div>
+      {failure && (
+        <div className="banner error" role="alert">
+          {failure} <button onClick={() => void retry()}>Retry</button>
         </div>
       )}
       <form
@@ -178,7 +403,7 @@ function Conversation({
           submit();
         }}
       >
-        {messages.length === 0 && models.length > 0 && (
+        {messages.length === 0 && models.length > 1 && (
           <label className="model-picker">
             <span>Model</span>
             <select value={model} onChange={(e) => onModel(e.target.value)}>
@@ -191,74 +416,152 @@ function Conversation({
             </select>
           </label>
         )}
-        <label htmlFor="prompt" className="visually-hidden">
-          Message
-        </label>
-        <textarea
-          id="prompt"
-          value={input}
-          placeholder="Message chatrun…"
-          aria-description="Enter sends, Shift+Enter adds a line"
-          rows={1}
-          autoFocus
-          onChange={(e) => setInput(e.target.value)}
-          onKeyDown={onKeyDown}
-        />
-        {busy ? (
-          <button
-            type="button"
-            className="stop"
-            onClick={() => {
-              stopped.current = true;
-              void stop();
-            }}
-          >
-            ■ Stop
-          </button>
-        ) : (
-          <button type="submit" className="primary" disabled={!input.trim()}>
-            Send
-          </button>
-        )}
+        <div className="composer-box">
+          <textarea
+            ref={box}
+            id="prompt"
+            aria-label="Message"
+            value={input}
+            placeholder="Message chatrun…"
+            aria-description="Enter sends, Shift+Enter adds a line"
+            rows={1}
+            autoFocus
+            onChange={(e) => setInput(e.target.value)}
+            onKeyDown={onKeyDown}
+          />
+          {busy ? (
+            <button
+              type="button"
+              className="send stop"
+              aria-label="Stop"
+              onClick={() => {
+                stopped.current = true;
+                void stop();
+              }}
+            >
+              ■
+            </button>
+          ) : (
+            <button type="submit" className="send primary" aria-label="Send" disabled={!input.trim()}>
+              ↑
+            </button>
+          )}
+        </div>
+        <p className="composer-hint">Enter to send · Shift+Enter for a new line</p>
       </form>
     </section>
   );
 }
 
-function Message({ message }: { message: UIMessage }) {
+function describe(error: Error): string {
+  const code = (error as { code?: string }).code;
+  if (code === 'timeout') return 'No answer from the server within 10 seconds.';
+  if (code === 'disconnected') return 'The connection dropped before the server answered.';
+  return error.message || 'Something went wrong.';
+}
+
+interface MessageProps {
+  message: UIMessage;
+  finished: boolean;
+  editing: boolean;
+  canEdit: boolean;
+  canRegenerate: boolean;
+  onEdit: () => void;
+  onCancelEdit: () => void;
+  onSaveEdit: (text: string) => void;
+  onRegenerate: () => void;
+}
+
+function MessageView({ message, finished, editing, canEdit, canRegenerate, onEdit, onCancelEdit, onSaveEdit, onRegenerate }: MessageProps) {
+  const isUser = message.role === 'user';
   return (
-    <article className={`message ${message.role}`} aria-label={message.role === 'user' ? 'You' : 'Assistant'} data-message-id={message.id}>
-      {message.parts.map((part, i) => {
-        switch (part.type) {
-          case 'text':
-            return message.role === 'user' ? (
-              <p key={i} className="user-text">
-                {part.text}
-              </p>
-            ) : (
-              <div key={i} className="markdown">
-                <Markdown remarkPlugins={[remarkGfm]}>{part.text}</Markdown>
-              </div>
-            );
-          case 'reasoning':
-            return (
-              <details key={i} className="reasoning">
-                <summary>Reasoning</summary>
-                <p>{part.text}</p>
-              </details>
-            );
-          case 'file':
-            return part.mediaType.startsWith('image/') ? (
-              <img key={i} src={part.url} alt={part.filename ?? 'attached image'} />
-            ) : (
-              <a key={i} href={part.url}>
-                {part.filename ?? 'attachment'}
-              </a>
-            );
-          default:
-            return null;
-        }
-      })}
+    <article className={`message ${message.role}`} aria-label={isUser ? 'You' : 'Assistant'} data-message-id={message.id}>
+      {editing ? (
+        <EditBox initial={textOf(message)} onCancel={onCancelEdit} onSave={onSaveEdit} />
+      ) : (
+        <div className="message-body">
+          {message.parts.map((part, i) => {
+            switch (part.type) {
+              case 'text':
+                return isUser ? (
+                  <p key={i} className="user-text">
+                    {part.text}
+                  </p>
+                ) : (
+                  <Markdown key={i} text={part.text} />
+                );
+              case 'reasoning':
+                return (
+                  <details key={i} className="reasoning">
+                    <summary>Reasoning</summary>
+                    <p>{part.text}</p>
+                  </details>
+                );
+              case 'file':
+                return part.mediaType.startsWith('image/') ? (
+                  <img key={i} src={part.url} alt={part.filename ?? 'attached image'} />
+                ) : (
+                  <a key={i} href={part.url}>
+                    {part.filename ?? 'attachment'}
+                  </a>
+                );
+              default:
+                return null;
+            }
+          })}
+        </div>
+      )}
+      {finished && !editing && (
+        <div className="message-tools">
+          <CopyButton text={() => textOf(message)} label="Copy message" />
+          {canEdit && (
+            <button type="button" className="icon-button" aria-label="Edit message" title="Edit" onClick={onEdit}>
+              ✎<span className="button-text">Edit</span>
+            </button>
+          )}
+          {canRegenerate && (
+            <button type="button" className="icon-button" aria-label="Regenerate reply" title="Regenerate" onClick={onRegenerate}>
+              ↻<span className="button-text">Regenerate</span>
+            </button>
+          )}
+        </div>
+      )}
     </article>
+  );
+}
+
+function EditBox({ initial, onCancel, onSave }: { initial: string; onCancel: () => void; onSave: (text: string) => void }) {
+  const [text, setText] = useState(initial);
+  return (
+    <form
+      className="edit-box"
+      onSubmit={(e) => {
+        e.preventDefault();
+        if (text.trim()) onSave(text.trim());
+      }}
+    >
+      <textarea
+        aria-label="Edit message"
+        autoFocus
+        value={text}
+        rows={Math.min(10, text.split('\n').length + 1)}
+        onChange={(e) => setText(e.target.value)}
+        onKeyDown={(e) => {
+          if (e.key === 'Escape') onCancel();
+          if (e.key === 'Enter' && !e.shiftKey && !e.nativeEvent.isComposing && e.keyCode !== 229) {
+            e.preventDefault();
+            if (text.trim()) onSave(text.trim());
+          }
+        }}
+      />
+      <div className="edit-actions">
+        <button type="button" onClick={onCancel}>
+          Cancel
+        </button>
+        <button type="submit" className="primary" disabled={!text.trim()}>
+          Save and send
+        </button>
+      </div>
+    </form>
   );
 }

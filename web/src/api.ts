@@ -10,17 +10,49 @@ export interface RuntimeConfig {
 }
 
 let runtimeConfig: RuntimeConfig = {};
+const CONFIG_KEY = 'chatrun.config';
 
-/** Reads `/config.json` when the deployment has one; the local gateway serves everything itself. */
-export async function loadRuntimeConfig(): Promise<void> {
+async function fetchRuntimeConfig(): Promise<RuntimeConfig> {
   try {
     const response = await fetch('/config.json', { cache: 'no-store' });
     if (response.ok && response.headers.get('content-type')?.includes('json')) {
-      runtimeConfig = (await response.json()) as RuntimeConfig;
+      return (await response.json()) as RuntimeConfig;
     }
   } catch {
     // No config: same origin.
   }
+  return {};
+}
+
+/**
+ * Reads `/config.json` when the deployment has one; the local gateway serves everything itself.
+ * A config seen before is used at once (and refreshed in the background for the next load), so
+ * a returning visitor's first paint does not wait for it.
+ */
+export async function loadRuntimeConfig(): Promise<void> {
+  let cached: string | null = null;
+  try {
+    cached = localStorage.getItem(CONFIG_KEY);
+  } catch {
+    // Storage blocked: fetch every time.
+  }
+  const refresh = fetchRuntimeConfig().then((config) => {
+    try {
+      localStorage.setItem(CONFIG_KEY, JSON.stringify(config));
+    } catch {
+      // Not remembered.
+    }
+    return config;
+  });
+  if (cached !== null) {
+    try {
+      runtimeConfig = JSON.parse(cached) as RuntimeConfig;
+      return;
+    } catch {
+      // Unreadable: wait for the fresh one.
+    }
+  }
+  runtimeConfig = await refresh;
 }
 
 export class ApiError extends Error {
@@ -42,6 +74,9 @@ export class Api {
     this.base = (base ?? runtimeConfig.apiUrl ?? '').replace(/\/$/, '');
   }
 
+  /** The token request in flight: callers at the same moment share it (one guest, not three). */
+  private tokenRequest: Promise<string> | null = null;
+
   /** A valid user token: the stored one, or a new guest's. */
   async ensureToken(): Promise<string> {
     if (!this.token) await this.refreshToken();
@@ -49,7 +84,14 @@ export class Api {
   }
 
   /** A fresh token for the same user when the stored one still verifies, else a new guest. */
-  async refreshToken(): Promise<string> {
+  refreshToken(): Promise<string> {
+    this.tokenRequest ??= this.requestToken().finally(() => {
+      this.tokenRequest = null;
+    });
+    return this.tokenRequest;
+  }
+
+  private async requestToken(): Promise<string> {
     const headers: Record<string, string> = {};
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
     const response = await fetch(`${this.base}/api/session`, { method: 'POST', headers });

@@ -157,6 +157,12 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     }
   }
 
+  /** Opens the socket ahead of need (the page starts it while it loads the chat over HTTP). */
+  connectEarly() {
+    this.wanted = true;
+    if (!this.open && !this.connecting && !this.reconnectTimer) void this.connect();
+  }
+
   /** The connection's current state. */
   connectionStatus(): ConnectionStatus {
     return this.status;
@@ -475,7 +481,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     const delay = backoffDelay(
       this.attempt,
       this.options.minBackoffMs ?? 500,
-      this.options.maxBackoffMs ?? 15_000,
+      this.options.maxBackoffMs ?? 10_000,
       this.options.random,
     );
     this.attempt += 1;

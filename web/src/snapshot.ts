@@ -1,0 +1,40 @@
+// The open chat as the tab last showed it, kept in sessionStorage when the page goes away (a
+// refresh, mostly), so that the reloaded page paints it at once, resumes a running reply from
+// it without waiting for the history over HTTP, and then takes the server's version.
+// sessionStorage is per tab: another tab never starts from this one's copy.
+import type { UIMessage } from 'ai';
+import type { SessionInfo } from './transport';
+
+const KEY = 'chatrun.snapshot';
+/** Older than this, a snapshot is not worth showing even for a moment. */
+const MAX_AGE_MS = 10 * 60_000;
+
+export interface Snapshot {
+  chatId: string;
+  title: string;
+  model: string;
+  messages: UIMessage[];
+  session: SessionInfo | null;
+  savedAt: number;
+}
+
+export function saveSnapshot(snapshot: Snapshot) {
+  try {
+    sessionStorage.setItem(KEY, JSON.stringify(snapshot));
+  } catch {
+    // Too large or storage blocked: the page loads over HTTP as usual.
+  }
+}
+
+/** The snapshot of `chatId`, when the tab has a recent one. */
+export function readSnapshot(chatId: string, now = Date.now()): Snapshot | null {
+  try {
+    const text = sessionStorage.getItem(KEY);
+    if (!text) return null;
+    const snapshot = JSON.parse(text) as Snapshot;
+    if (snapshot.chatId !== chatId || now - snapshot.savedAt > MAX_AGE_MS || !Array.isArray(snapshot.messages)) return null;
+    return snapshot;
+  } catch {
+    return null;
+  }
+}
