@@ -51,6 +51,10 @@ pub struct Settings {
     pub stale_turn_after: Duration,
     /// `CHAT_MAX_RECEIVES` (3): receives of a turn job before it goes to the dead-letter queue.
     pub max_receives: u32,
+    /// `CHAT_MANAGEMENT_SECRET`: the local gateway's `/@connections` answers callers off
+    /// loopback only when they send it in the `x-chatrun-management-secret` header. Unset:
+    /// loopback only.
+    pub management_secret: Option<String>,
 }
 
 /// A client frame may be at most this large (API Gateway's WebSocket frame size).
@@ -66,17 +70,36 @@ pub const CHAT_PAGE_SIZE: usize = 20;
 /// Longest title kept, in characters.
 pub const MAX_TITLE_CHARS: usize = 80;
 
+/// The shortest token secret accepted: HS256 with less than 32 bytes of key is guessable.
+pub const MIN_TOKEN_SECRET_BYTES: usize = 32;
+
+/// Refuses a token secret shorter than [`MIN_TOKEN_SECRET_BYTES`]. Every start-up path calls it,
+/// whatever the secret's source (environment, Secrets Manager, the local data directory).
+/// # Errors
+/// A secret under 32 bytes, with what to do about it.
+pub fn check_token_secret(secret: &str) -> Result<(), ConfigError> {
+    if secret.len() < MIN_TOKEN_SECRET_BYTES {
+        return Err(ConfigError {
+            name: "CHAT_TOKEN_SECRET",
+            problem: format!(
+                "is {} bytes; it must be at least {MIN_TOKEN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                secret.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl Settings {
     /// Reads the settings.
     /// # Errors
-    /// A setting that does not parse, or no `CHAT_TOKEN_SECRET` when `require_secret` is set.
+    /// A setting that does not parse, no `CHAT_TOKEN_SECRET` when `require_secret` is set, or a
+    /// configured one under 32 bytes.
     pub fn from_env(require_secret: bool) -> Result<Self, ConfigError> {
         let token_secret = var("CHAT_TOKEN_SECRET").unwrap_or_default();
-        if require_secret && token_secret.len() < 16 {
-            return Err(ConfigError {
-                name: "CHAT_TOKEN_SECRET",
-                problem: "must be set to at least 16 characters".into(),
-            });
+        // A configured secret is checked even where one is optional: a short one is a mistake.
+        if require_secret || !token_secret.is_empty() {
+            check_token_secret(&token_secret)?;
         }
         let secs = |name, default| parse_var::<u64>(name, default).map(Duration::from_secs);
         Ok(Settings {
@@ -88,6 +111,7 @@ impl Settings {
             frame_max_bytes: parse_var("CHAT_FRAME_MAX_BYTES", 4096)?,
             stale_turn_after: secs("CHAT_STALE_TURN_SECS", 960)?,
             max_receives: parse_var("CHAT_MAX_RECEIVES", 3)?,
+            management_secret: var("CHAT_MANAGEMENT_SECRET"),
         })
     }
 
@@ -102,6 +126,7 @@ impl Settings {
             frame_max_bytes: 4096,
             stale_turn_after: Duration::from_secs(960),
             max_receives: 3,
+            management_secret: None,
         }
     }
 }

@@ -50,13 +50,22 @@ pub struct Resume {
     pub last_event_id: u64,
 }
 
-/// `stop` and `unsubscribe` name only a chat.
+/// `stop` and `unsubscribe` name a chat. `stop` may also name the turn it stops, so that a
+/// stop sent late (after that turn ended and the next began) cannot abort the next turn:
+/// `assistantMessageId` (from `ack` or `turn-started`) and/or `runId`. A stop that names
+/// neither stops whatever streams (the older form). `unsubscribe` names neither.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChatRequest {
     #[serde(default)]
     pub request_id: Option<String>,
     pub chat_id: ChatId,
+    /// `stop` only: the run of the turn to stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// `stop` only: the assistant message id of the turn to stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assistant_message_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -144,6 +153,31 @@ impl ClientFrame {
 
     /// Checks what serde cannot express.
     fn validate(&self) -> Result<(), ChatError> {
+        match self {
+            ClientFrame::Stop(r) => {
+                for (name, id) in [
+                    ("runId", &r.run_id),
+                    ("assistantMessageId", &r.assistant_message_id),
+                ] {
+                    if id
+                        .as_deref()
+                        .is_some_and(|id| !crate::domain::is_valid_id(id))
+                    {
+                        return Err(ChatError::BadRequest(format!(
+                            "{name} must be 1-64 characters of A-Z, a-z, 0-9, _ and -"
+                        )));
+                    }
+                }
+            }
+            ClientFrame::Unsubscribe(r)
+                if r.run_id.is_some() || r.assistant_message_id.is_some() =>
+            {
+                return Err(ChatError::BadRequest(
+                    "unsubscribe names only a chatId".into(),
+                ));
+            }
+            _ => {}
+        }
         if let ClientFrame::SendMessage(m) = self {
             match (m.trigger, &m.message) {
                 (Trigger::SubmitMessage, None) => {
@@ -368,6 +402,39 @@ mod tests {
         assert_eq!(
             (rejected.request_id.as_deref(), rejected.chat_id),
             (Some("r8"), None)
+        );
+    }
+
+    #[test]
+    fn stop_may_name_its_turn_and_unsubscribe_may_not() {
+        let f = ClientFrame::parse(
+            r#"{"action":"stop","requestId":"r4","chatId":"c1","runId":"run-1","assistantMessageId":"a-1"}"#,
+        )
+        .unwrap();
+        let ClientFrame::Stop(stop) = f else {
+            panic!("a stop")
+        };
+        assert_eq!(
+            (stop.run_id.as_deref(), stop.assistant_message_id.as_deref()),
+            (Some("run-1"), Some("a-1"))
+        );
+        let ClientFrame::Stop(bare) =
+            ClientFrame::parse(r#"{"action":"stop","chatId":"c1"}"#).unwrap()
+        else {
+            panic!("a stop")
+        };
+        assert_eq!((bare.run_id, bare.assistant_message_id), (None, None));
+        assert_eq!(
+            code_of(r#"{"action":"stop","chatId":"c1","assistantMessageId":"a b"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"action":"stop","chatId":"c1","runId":7}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"action":"unsubscribe","chatId":"c1","runId":"r"}"#),
+            ErrorCode::BadRequest
         );
     }
 

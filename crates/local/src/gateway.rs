@@ -14,6 +14,7 @@ use axum::response::Response;
 use axum::routing::{any, get};
 use axum::serve::ListenerExt;
 use chatrun_api::ApiDeps;
+use chatrun_core::config::check_token_secret;
 use chatrun_core::engine::Services;
 use chatrun_core::ports::{LanguageModel, QueueName};
 use chatrun_embedded::InProcessConnections;
@@ -39,7 +40,8 @@ pub struct Gateway {
 }
 
 /// Makes the token secret persistent across restarts when none is configured, so tokens issued
-/// before a restart stay valid.
+/// before a restart stay valid. The file is the key to every token: it is made owner-only (0600),
+/// and one that is too short (an older, weaker secret) is replaced.
 fn ensure_token_secret(options: &mut ServeOptions) -> anyhow::Result<()> {
     if !options.settings.token_secret.is_empty() {
         return Ok(());
@@ -47,16 +49,41 @@ fn ensure_token_secret(options: &mut ServeOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.data_dir)?;
     let path = options.data_dir.join("token-secret");
     let secret = match std::fs::read_to_string(&path) {
-        Ok(secret) if secret.trim().len() >= 16 => secret.trim().to_owned(),
+        Ok(secret) if check_token_secret(secret.trim()).is_ok() => secret.trim().to_owned(),
         _ => {
             let bytes: [u8; 32] = rand::random();
             let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            std::fs::write(&path, &secret)
+            write_owner_only(&path, &secret)
                 .with_context(|| format!("writing {}", path.display()))?;
             secret
         }
     };
+    restrict_to_owner(&path).with_context(|| format!("restricting {}", path.display()))?;
     options.settings.token_secret = secret;
+    Ok(())
+}
+
+/// Writes a file that only its owner can read, with no moment where others could.
+fn write_owner_only(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    let mut file = open.open(path)?;
+    restrict_to_owner(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(unix)]
+fn restrict_to_owner(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_path: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
@@ -124,6 +151,7 @@ pub async fn serve(
 struct Prepared {
     gateway: Arc<Gateway>,
     consumer: Arc<dyn chatrun_core::ports::TurnQueueConsumer>,
+    visibility: Arc<dyn chatrun_core::ports::JobVisibility>,
 }
 
 async fn prepare(
@@ -151,6 +179,7 @@ async fn prepare(
     Ok(Prepared {
         gateway,
         consumer: backend.consumer,
+        visibility: backend.visibility,
     })
 }
 
@@ -159,12 +188,17 @@ async fn run(
     prepared: Prepared,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let Prepared { gateway, consumer } = prepared;
+    let Prepared {
+        gateway,
+        consumer,
+        visibility,
+    } = prepared;
     let addr = listener.local_addr()?;
     let (stop_workers, workers_stopped) = watch::channel(false);
     let run_turn = RunTurnDeps {
         services: gateway.services.clone(),
         model: gateway.model.clone(),
+        visibility,
         dead_letter_source_arn: Some(consumer.source_arn(QueueName::DeadLetters)),
     };
     let mut workers = Vec::new();
@@ -216,14 +250,20 @@ async fn run(
 /// The routes, as API Gateway and CloudFront would lay them out on one origin.
 pub fn router(gateway: Arc<Gateway>) -> Router<Arc<Gateway>> {
     let web_dir = gateway.options.web_dir.clone();
-    let routes = Router::new()
-        .route("/ws", get(websocket::upgrade))
+    let management_api = Router::new()
         .route(
             "/@connections/{connection_id}",
             axum::routing::post(management::post)
                 .get(management::get)
                 .delete(management::delete),
         )
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            management::guard,
+        ));
+    let routes = Router::new()
+        .route("/ws", get(websocket::upgrade))
+        .merge(management_api)
         .route("/api", any(crate::web::api_proxy))
         .route("/api/{*rest}", any(crate::web::api_proxy));
     web::attach(routes, &web_dir).layer(middleware::from_fn(log_request))
@@ -243,4 +283,42 @@ async fn log_request(request: Request, next: Next) -> Response {
         "request"
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatrun_core::config::{ModelSettings, Settings};
+
+    #[test]
+    fn a_made_secret_is_owner_only_long_enough_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token-secret");
+        // An older, weaker secret with loose permissions is replaced.
+        std::fs::write(&path, "short-secret-0123").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let options = || {
+            ServeOptions::new(
+                dir.path().to_path_buf(),
+                Settings::with_secret(""),
+                ModelSettings::Offline {
+                    tokens_per_sec: 1.0,
+                },
+            )
+        };
+        let mut first = options();
+        ensure_token_secret(&mut first).unwrap();
+        let secret = first.settings.token_secret.clone();
+        assert!(secret.len() >= 32 && secret != "short-secret-0123");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A strong file secret survives a restart, and its permissions are tightened again.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let mut second = options();
+        ensure_token_secret(&mut second).unwrap();
+        assert_eq!(second.settings.token_secret, secret);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 }

@@ -2,14 +2,19 @@
 //! GET a connection's details, DELETE to close it. Unknown ids answer 410 with the
 //! `GoneException` shape AWS SDK clients parse (the `x-amzn-ErrorType` header and `__type`).
 //!
-//! Locally it is unauthenticated and meant for loopback only; on AWS, IAM (`ManageConnections`)
-//! guards it.
+//! On AWS, IAM (`ManageConnections`) guards it. Here [`guard`] does: a caller on loopback (the
+//! functions of this process, `--backend aws`'s SDK client) is let in; any other caller must send
+//! `CHAT_MANAGEMENT_SECRET` in the `x-chatrun-management-secret` header, and without that
+//! setting nobody off loopback is. So `--host 0.0.0.0` does not let the network post frames into
+//! other people's sockets.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chatrun_core::config::MAX_WEBSOCKET_MESSAGE_BYTES;
 use chatrun_core::error::PostError;
@@ -28,6 +33,49 @@ fn aws_error(status: StatusCode, kind: &str, message: &str) -> Response {
         serde_json::json!({ "__type": kind, "message": message }).to_string(),
     )
         .into_response()
+}
+
+/// The header a caller off loopback presents `CHAT_MANAGEMENT_SECRET` in.
+pub const SECRET_HEADER: &str = "x-chatrun-management-secret";
+
+/// Whether a caller may use the management API: from loopback always; from elsewhere only with
+/// the configured secret (compared in constant time).
+pub fn caller_allowed(peer: IpAddr, presented: Option<&[u8]>, secret: Option<&str>) -> bool {
+    if peer.to_canonical().is_loopback() {
+        return true;
+    }
+    match (presented, secret) {
+        (Some(presented), Some(secret)) if !secret.is_empty() => {
+            let secret = secret.as_bytes();
+            presented.len() == secret.len()
+                && presented
+                    .iter()
+                    .zip(secret)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        }
+        _ => false,
+    }
+}
+
+/// Middleware on `/@connections`: refuses callers [`caller_allowed`] does not let in, with the
+/// 403 `ForbiddenException` API Gateway gives a request without valid IAM credentials.
+pub async fn guard(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(SECRET_HEADER)
+        .map(|v| v.as_bytes().to_vec());
+    let secret = gateway.options.settings.management_secret.as_deref();
+    if caller_allowed(peer.ip(), presented.as_deref(), secret) {
+        return next.run(request).await;
+    }
+    tracing::warn!(peer = %peer, "refused a management API call from off loopback");
+    aws_error(StatusCode::FORBIDDEN, "ForbiddenException", "Forbidden")
 }
 
 fn gone() -> Response {
@@ -106,5 +154,27 @@ pub async fn delete(
     match gateway.sockets.close(&connection_id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(_) => gone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_or_the_secret_gets_in() {
+        let lan: IpAddr = "192.168.1.20".parse().unwrap();
+        let mapped_loopback: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        for peer in ["127.0.0.1", "::1"] {
+            assert!(caller_allowed(peer.parse().unwrap(), None, None));
+        }
+        assert!(caller_allowed(mapped_loopback, None, None));
+        assert!(!caller_allowed(lan, None, None), "no secret configured");
+        assert!(!caller_allowed(lan, Some(b"s3cret"), None));
+        assert!(!caller_allowed(lan, None, Some("s3cret")));
+        assert!(!caller_allowed(lan, Some(b"s3cre"), Some("s3cret")));
+        assert!(!caller_allowed(lan, Some(b"s3creT"), Some("s3cret")));
+        assert!(!caller_allowed(lan, Some(b""), Some("")));
+        assert!(caller_allowed(lan, Some(b"s3cret"), Some("s3cret")));
     }
 }

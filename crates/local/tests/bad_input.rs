@@ -221,10 +221,12 @@ async fn someone_elses_chat_is_not_found_for_every_action_and_path() {
         "not_found",
     )
     .await;
+    // DESIGN §7: refused on every HTTP path, even its own chat's history (which would hand
+    // it a fresh access token, renewing a leaked one forever).
     let (status, _) = app.get_json("/api/chats/alice-chat", access).await;
-    assert_eq!(status, 200, "an access token reads its own chat");
+    assert_eq!(status, 403, "an access token cannot read even its own chat");
     let (status, _) = app.get_json("/api/chats", access).await;
-    assert_eq!(status, 403, "but cannot list the user's chats");
+    assert_eq!(status, 403, "nor list the user's chats");
     // Alice's chat is untouched.
     let chat = app.chat("alice-chat", &alice).await;
     assert_eq!(chat["messages"].as_array().unwrap().len(), 2);

@@ -134,32 +134,96 @@ fn finish_reason(raw: &str) -> FinishReason {
     }
 }
 
-fn error_text(error: &Value) -> String {
-    error
-        .get("message")
+/// A provider's error code worth showing (`invalid_api_key`, `context_length_exceeded`): a short
+/// identifier, never free text that could carry a key, a URL or the prompt.
+fn safe_code(code: Option<&str>) -> Option<&str> {
+    code.filter(|c| {
+        (1..=48).contains(&c.len())
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+    })
+}
+
+/// What a user is told about a failed model call: the provider, the HTTP status and code when
+/// there are some, and a reference that finds the full error in the log. The full error (which
+/// may quote the API key, the base URL or the request) goes to the log only.
+fn reported(
+    provider: &str,
+    status: Option<u16>,
+    code: Option<&str>,
+    full: &dyn std::fmt::Display,
+) -> String {
+    let reference = format!("{:08x}", rand_u32());
+    tracing::warn!(
+        provider,
+        status,
+        reference = %reference,
+        error = %full,
+        "model call failed"
+    );
+    let mut text = format!("{provider} error");
+    if let Some(status) = status {
+        text.push_str(&format!(" (HTTP {status})"));
+    }
+    if let Some(code) = safe_code(code) {
+        text.push_str(&format!(": {code}"));
+    }
+    text.push_str(&format!(", reference {reference}"));
+    text
+}
+
+/// A reference id; uniqueness across a log is all it needs.
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish() as u32
+}
+
+/// An `{"error": ...}` event in the stream.
+fn stream_error_event(provider: &str, error: &Value) -> ModelError {
+    let code = error
+        .get("code")
         .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| error.to_string())
+        .or_else(|| error.get("type").and_then(Value::as_str));
+    ModelError::Stream(reported(provider, None, code, error))
 }
 
 /// Errors before any streaming: a request the server refuses (4xx but rate limits and
-/// timeouts) is `Rejected` (retrying cannot help); everything else is `Unavailable`.
-fn start_error(e: OpenAIError) -> ModelError {
+/// timeouts) is `Rejected` (retrying cannot help); everything else is `Unavailable`. Either
+/// way the message is [`reported`]'s short, safe one.
+fn start_error(provider: &str, e: OpenAIError) -> ModelError {
     match &e {
         OpenAIError::ApiError(api) => {
             let status = api.status_code.as_u16();
+            let code = api
+                .api_error
+                .code
+                .as_deref()
+                .or(api.api_error.r#type.as_deref());
+            let text = reported(provider, Some(status), code, &e);
             if (400..500).contains(&status) && status != 408 && status != 429 {
-                ModelError::Rejected(e.to_string())
+                ModelError::Rejected(text)
             } else {
-                ModelError::Unavailable(e.to_string())
+                ModelError::Unavailable(text)
             }
         }
-        OpenAIError::InvalidArgument(_) => ModelError::Rejected(e.to_string()),
-        _ => ModelError::Unavailable(e.to_string()),
+        OpenAIError::InvalidArgument(_) => ModelError::Rejected(reported(provider, None, None, &e)),
+        OpenAIError::Reqwest(r) => {
+            let status = r.status().map(|s| s.as_u16());
+            ModelError::Unavailable(reported(provider, status, None, &e))
+        }
+        _ => ModelError::Unavailable(reported(provider, None, None, &e)),
     }
 }
 
 struct StreamState {
+    provider: String,
     upstream:
         std::pin::Pin<Box<dyn futures::Stream<Item = Result<StreamChunk, OpenAIError>> + Send>>,
     ready: VecDeque<Result<ModelEvent, ModelError>>,
@@ -172,7 +236,7 @@ impl StreamState {
     fn absorb(&mut self, chunk: StreamChunk) {
         if let Some(error) = chunk.error {
             self.ready
-                .push_back(Err(ModelError::Stream(error_text(&error))));
+                .push_back(Err(stream_error_event(&self.provider, &error)));
             self.done = true;
             return;
         }
@@ -212,8 +276,9 @@ impl LanguageModel for OpenAiModel {
             .chat()
             .create_stream_byot::<Value, StreamChunk>(body)
             .await
-            .map_err(start_error)?;
+            .map_err(|e| start_error(&self.provider, e))?;
         let state = StreamState {
+            provider: self.provider.clone(),
             upstream: Box::pin(upstream),
             ready: VecDeque::new(),
             finish: None,
@@ -232,7 +297,8 @@ impl LanguageModel for OpenAiModel {
                     Some(Ok(chunk)) => state.absorb(chunk),
                     Some(Err(e)) => {
                         state.done = true;
-                        return Some((Err(ModelError::Stream(e.to_string())), state));
+                        let error = ModelError::Stream(reported(&state.provider, None, None, &e));
+                        return Some((Err(error), state));
                     }
                     None => {
                         state.done = true;

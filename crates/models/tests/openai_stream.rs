@@ -19,6 +19,34 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+/// What a provider's error may say: it must reach the log, never a user.
+const LEAKY_MESSAGE: &str =
+    "Incorrect API key provided: sk-live-0123abcd. See https://platform.example.com/keys";
+
+/// A message shown to users names the provider, the status and a reference, and nothing that
+/// could be a key, a URL or the provider's free text.
+fn assert_safe(message: &str, provider: &str, status: Option<u16>) {
+    assert!(
+        message.starts_with(&format!("{provider} error")),
+        "{message}"
+    );
+    if let Some(status) = status {
+        assert!(message.contains(&format!("HTTP {status}")), "{message}");
+    }
+    assert!(message.contains("reference "), "{message}");
+    for leak in [
+        "sk-",
+        "http://",
+        "https://",
+        "127.0.0.1",
+        "Incorrect",
+        "upstream",
+    ] {
+        assert!(!message.contains(leak), "{leak} in {message}");
+    }
+    assert!(message.len() < 120, "{message}");
+}
+
 /// What the fake server does with the next request.
 #[derive(Clone)]
 enum Script {
@@ -67,7 +95,7 @@ async fn completions(State(fake): State<Fake>, body: Bytes) -> Response {
         Script::Status(code) => (
             StatusCode::from_u16(code).unwrap(),
             [(header::CONTENT_TYPE, "application/json")],
-            json!({"error": {"message": "nope", "type": "invalid_request_error", "param": null, "code": null}}).to_string(),
+            json!({"error": {"message": LEAKY_MESSAGE, "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}).to_string(),
         )
             .into_response(),
         Script::Events(lines) => {
@@ -232,7 +260,10 @@ async fn an_error_mid_stream_ends_it_with_a_stream_error() {
         &ModelEvent::TextDelta("Partial ".into())
     );
     match &events[1] {
-        Err(ModelError::Stream(m)) => assert!(m.contains("upstream model failed"), "{m}"),
+        Err(ModelError::Stream(m)) => {
+            assert_safe(m, "test", None);
+            assert!(m.contains("server_error"), "the code is kept: {m}");
+        }
         other => panic!("{other:?}"),
     }
 
@@ -247,10 +278,10 @@ async fn an_error_mid_stream_ends_it_with_a_stream_error() {
         events[0].as_ref().unwrap(),
         &ModelEvent::TextDelta("Half".into())
     );
-    assert!(
-        matches!(events.last().unwrap(), Err(ModelError::Stream(_))),
-        "{events:?}"
-    );
+    match events.last().unwrap() {
+        Err(ModelError::Stream(m)) => assert_safe(m, "test", None),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -259,17 +290,29 @@ async fn errors_before_streaming_say_whether_a_retry_helps() {
         let (url, _, _) = serve(Script::Status(status)).await;
         let model = OpenAiModel::new("k", Some(&url), "m", "test");
         match model.stream(request()).await {
-            Err(ModelError::Rejected(_)) => assert!(!retryable, "{status}"),
-            Err(ModelError::Unavailable(_)) => assert!(retryable, "{status}"),
+            Err(ModelError::Rejected(m)) => {
+                assert!(!retryable, "{status}");
+                assert_safe(&m, "test", Some(status));
+                assert!(m.contains("invalid_api_key"), "{m}");
+            }
+            Err(ModelError::Unavailable(m)) => {
+                assert!(retryable, "{status}");
+                assert_safe(&m, "test", Some(status));
+            }
             Ok(_) => panic!("{status} must fail"),
             Err(other) => panic!("{status}: {other:?}"),
         }
     }
-    let model = OpenAiModel::new("k", Some("http://127.0.0.1:9/v1"), "m", "test");
-    assert!(matches!(
-        model.stream(request()).await,
-        Err(ModelError::Unavailable(_))
-    ));
+    let model = OpenAiModel::new(
+        "sk-live-0123abcd",
+        Some("http://127.0.0.1:9/v1"),
+        "m",
+        "test",
+    );
+    match model.stream(request()).await {
+        Err(ModelError::Unavailable(m)) => assert_safe(&m, "test", None),
+        other => panic!("{:?}", other.err()),
+    }
 }
 
 #[tokio::test]

@@ -101,20 +101,27 @@ async fn route(deps: &ApiDeps, request: &Request) -> Result<Response<Body>, Chat
         }
         (&Method::POST, ["api", "session"]) => Ok(json(
             StatusCode::OK,
-            &api::create_session(s, bearer(request)),
+            &api::create_session(s, bearer(request)).await?,
         )),
+        (&Method::POST, ["api", "session", "revoke"]) => {
+            let principal = api::authenticate(s, bearer(request)).await?;
+            Ok(json(
+                StatusCode::OK,
+                &api::revoke_sessions(s, &principal).await?,
+            ))
+        }
         (&Method::GET, ["api", "models"]) => {
-            api::authenticate(s, bearer(request))?;
+            api::authenticate(s, bearer(request)).await?;
             Ok(json(StatusCode::OK, &api::models(deps.model.as_ref())))
         }
         (&Method::GET, ["api", "chats"]) => {
-            let principal = api::authenticate(s, bearer(request))?;
+            let principal = api::authenticate(s, bearer(request)).await?;
             let cursor = query_param(request, "cursor");
             let list = api::list_chats(s, &principal, cursor.as_deref()).await?;
             Ok(json(StatusCode::OK, &list))
         }
         (_, ["api", "chats", id]) => {
-            let principal = api::authenticate(s, bearer(request))?;
+            let principal = api::authenticate(s, bearer(request)).await?;
             let chat_id = ChatId::parse(*id)?;
             match *method {
                 Method::GET => Ok(json(
@@ -139,7 +146,9 @@ async fn route(deps: &ApiDeps, request: &Request) -> Result<Response<Body>, Chat
                 _ => Err(method_not_allowed()),
             }
         }
-        (_, ["api", "health" | "session" | "models" | "chats"]) => Err(method_not_allowed()),
+        (_, ["api", "health" | "session" | "models" | "chats"] | ["api", "session", "revoke"]) => {
+            Err(method_not_allowed())
+        }
         _ => Err(ChatError::NotFound(format!("no route for {method} {path}"))),
     }
 }

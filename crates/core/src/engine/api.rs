@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Services;
-use crate::auth::Principal;
+use crate::auth::{Principal, RevocationFloor};
 use crate::config::{CHAT_PAGE_SIZE, MAX_TITLE_CHARS};
 use crate::domain::{ChatId, ChatSummary, Grant, Millis, SessionStatus};
 use crate::error::ChatError;
@@ -59,12 +59,41 @@ pub struct ModelList {
     pub default: String,
 }
 
-/// Verifies a bearer token.
+/// Verifies a token: signature, issuer, audience, shape, expiry, and the user's revocation
+/// floor.
 /// # Errors
-/// `unauthorized` when missing, forged or expired.
-pub fn authenticate(s: &Services, bearer: Option<&str>) -> Result<Principal, ChatError> {
+/// `unauthorized` when forged, expired, half-scoped or revoked.
+pub async fn verify_token(s: &Services, token: &str) -> Result<Principal, ChatError> {
+    let principal = s.tokens.verify(token, s.now())?;
+    if let Some(floor) = revocation_floor(s, &principal.user_id).await?
+        && floor.refuses(principal.issued_at)
+    {
+        return Err(ChatError::Unauthorized("invalid or expired token".into()));
+    }
+    Ok(principal)
+}
+
+async fn revocation_floor(
+    s: &Services,
+    user_id: &str,
+) -> Result<Option<RevocationFloor>, ChatError> {
+    Ok(s.store
+        .get_connection(&RevocationFloor::key(user_id), s.now())
+        .await?
+        .as_ref()
+        .and_then(RevocationFloor::from_record))
+}
+
+/// Authenticates an HTTP API call: a valid, unrevoked *user* token. A run-scoped access token
+/// is refused on every HTTP path (DESIGN §7): it only streams its own run, so it can neither
+/// read the history nor renew itself through `GET /api/chats/{id}`.
+/// # Errors
+/// `unauthorized` when missing, forged, expired or revoked; `forbidden` for an access token.
+pub async fn authenticate(s: &Services, bearer: Option<&str>) -> Result<Principal, ChatError> {
     let token = bearer.ok_or_else(|| ChatError::Unauthorized("missing bearer token".into()))?;
-    s.tokens.verify(token, s.now())
+    let principal = verify_token(s, token).await?;
+    require_user(&principal)?;
+    Ok(principal)
 }
 
 fn require_user(principal: &Principal) -> Result<(), ChatError> {
@@ -76,21 +105,60 @@ fn require_user(principal: &Principal) -> Result<(), ChatError> {
     }
 }
 
-/// A fresh user token: for the bearer's user when the bearer is a valid user token, else for a
-/// new guest.
-pub fn create_session(s: &Services, bearer: Option<&str>) -> SessionGrant {
+/// `POST /api/session`: a fresh user token for the bearer's user when the bearer is a valid
+/// user token, else for a new guest.
+/// # Errors
+/// `forbidden` for a run-scoped access token (it must not turn into its user's token).
+pub async fn create_session(s: &Services, bearer: Option<&str>) -> Result<SessionGrant, ChatError> {
     let now = s.now();
-    let user_id = bearer
-        .and_then(|t| s.tokens.verify(t, now).ok())
-        .filter(|p| p.grant == Grant::User)
+    let principal = match bearer {
+        Some(token) => match verify_token(s, token).await {
+            Ok(principal) => Some(principal),
+            Err(ChatError::Unauthorized(_)) => None,
+            Err(other) => return Err(other),
+        },
+        None => None,
+    };
+    if let Some(principal) = &principal {
+        require_user(principal)?;
+    }
+    let user_id = principal
         .map(|p| p.user_id)
         .unwrap_or_else(|| format!("guest-{}", s.ids.new_id()));
-    SessionGrant {
+    Ok(SessionGrant {
         token: s
             .tokens
             .user_token(&user_id, now, s.settings.user_token_ttl),
         user_id,
-    }
+    })
+}
+
+/// `POST /api/session/revoke`: every token of the caller's user issued until now stops working
+/// (its user tokens and the access tokens of its runs, on HTTP and at `$connect`). Answers a
+/// fresh user token for the same user, the only one that works from now on.
+/// # Errors
+/// What [`authenticate`] refuses.
+pub async fn revoke_sessions(
+    s: &Services,
+    principal: &Principal,
+) -> Result<SessionGrant, ChatError> {
+    require_user(principal)?;
+    let now = s.now();
+    // Tokens issued at `now` or before are refused; the fresh one is issued just after.
+    let not_before = now + 1;
+    let longest = s.settings.user_token_ttl.max(s.settings.session_idle);
+    let floor = RevocationFloor {
+        user_id: principal.user_id.clone(),
+        not_before,
+        expires_at: not_before + longest.as_millis() as i64 + 60_000,
+    };
+    s.store.put_connection(&floor.to_record()).await?;
+    Ok(SessionGrant {
+        token: s
+            .tokens
+            .user_token(&principal.user_id, not_before, s.settings.user_token_ttl),
+        user_id: principal.user_id.clone(),
+    })
 }
 
 pub async fn list_chats(
@@ -114,6 +182,7 @@ pub async fn get_chat(
     principal: &Principal,
     chat_id: &ChatId,
 ) -> Result<ChatView, ChatError> {
+    require_user(principal)?;
     let chat = s
         .owned_chat(&principal.user_id, &principal.grant, chat_id)
         .await?;
