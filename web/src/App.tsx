@@ -5,6 +5,7 @@ import { Api } from './api';
 import { ChatPanel, type ChatMeta } from './ChatPanel';
 import { groupChats } from './dates';
 import { Dialog } from './Dialog';
+import { MenuIcon, MoonIcon, PlusIcon, SunIcon, TrashIcon, EditIcon } from './icons';
 import { newId } from './ids';
 import type { ChatSummary, ModelInfo, ServerFrame } from './protocol';
 import { chooseTheme, rememberedTheme, systemTheme, type Theme } from './theme';
@@ -209,8 +210,8 @@ export function App() {
       <aside id="sidebar" className="sidebar" aria-label="Chats">
         <div className="sidebar-head">
           <span className="brand">chatrun</span>
-          <button type="button" className="primary" onClick={() => open(null)}>
-            + New chat
+          <button type="button" className="new-chat" onClick={() => open(null)}>
+            <PlusIcon /> New chat
           </button>
         </div>
         <div className="search">
@@ -247,10 +248,10 @@ export function App() {
                     </a>
                     <span className="chat-actions">
                       <button type="button" aria-label={`Rename ${chat.title}`} title="Rename" onClick={() => setRenaming(chat)}>
-                        ✎
+                        <EditIcon />
                       </button>
                       <button type="button" aria-label={`Delete ${chat.title}`} title="Delete" onClick={() => setDeleting(chat)}>
-                        🗑
+                        <TrashIcon />
                       </button>
                     </span>
                   </li>
@@ -278,7 +279,7 @@ export function App() {
             aria-controls="sidebar"
             onClick={() => setSidebarOpen((o) => !o)}
           >
-            ☰
+            <MenuIcon />
           </button>
           <h1 className="topbar-title">{title}</h1>
           {modelLabel && (
@@ -295,7 +296,7 @@ export function App() {
             title={theme === 'dark' ? 'Switch to light' : 'Switch to dark'}
             onClick={toggleTheme}
           >
-            {theme === 'dark' ? '☀' : '☾'}
+            {theme === 'dark' ? <SunIcon /> : <MoonIcon />}
           </button>
         </header>
         <div className="status-area" role="status" aria-live="polite">

@@ -4,6 +4,7 @@ import type { UIMessage } from 'ai';
 import { useCallback, useEffect, useLayoutEffect, useRef, useState, type KeyboardEvent } from 'react';
 import { ApiError, type Api } from './api';
 import { CopyButton } from './CopyButton';
+import { ArrowDownIcon, ArrowUpIcon, EditIcon, RegenerateIcon, StopIcon } from './icons';
 import { Markdown } from './Markdown';
 import type { ChatView, ModelInfo, ServerFrame } from './protocol';
 import { readSnapshot, saveSnapshot } from './snapshot';
@@ -387,7 +388,7 @@ function Conversation({
         </div>
         {!atBottom && (
           <button type="button" className="scroll-latest" aria-label="Scroll to latest" onClick={toBottom}>
-            ↓
+            <ArrowDownIcon />
           </button>
         )}
       </div>
@@ -439,11 +440,11 @@ function Conversation({
                 void stop();
               }}
             >
-              ■
+              <StopIcon />
             </button>
           ) : (
             <button type="submit" className="send primary" aria-label="Send" disabled={!input.trim()}>
-              ↑
+              <ArrowUpIcon />
             </button>
           )}
         </div>
@@ -516,12 +517,14 @@ function MessageView({ message, finished, editing, canEdit, canRegenerate, onEdi
           <CopyButton text={() => textOf(message)} label="Copy message" />
           {canEdit && (
             <button type="button" className="icon-button" aria-label="Edit message" title="Edit" onClick={onEdit}>
-              ✎<span className="button-text">Edit</span>
+              <EditIcon />
+              <span className="button-text">Edit</span>
             </button>
           )}
           {canRegenerate && (
             <button type="button" className="icon-button" aria-label="Regenerate reply" title="Regenerate" onClick={onRegenerate}>
-              ↻<span className="button-text">Regenerate</span>
+              <RegenerateIcon />
+              <span className="button-text">Regenerate</span>
             </button>
           )}
         </div>

@@ -1,5 +1,6 @@
 import { useEffect, useState } from 'react';
 import { copyText } from './clipboard';
+import { CheckIcon, CopyIcon } from './icons';
 
 /** A button that copies `text`, then says "Copied" (or why it could not) for a moment. */
 export function CopyButton({ text, label, className }: { text: () => string; label: string; className?: string }) {
@@ -23,7 +24,7 @@ export function CopyButton({ text, label, className }: { text: () => string; lab
         )
       }
     >
-      {state === 'copied' ? '✓' : '⧉'}
+      {state === 'copied' ? <CheckIcon /> : <CopyIcon />}
       <span className="button-text">{state === 'copied' ? 'Copied' : state === 'failed' ? 'Failed' : 'Copy'}</span>
     </button>
   );

@@ -105,6 +105,8 @@ export class Api {
   private async call<T>(method: string, path: string, body?: unknown, retried = false): Promise<T> {
     const token = await this.ensureToken();
     const response = await fetch(`${this.base}${path}`, {
+      // A server that accepted the connection but never answers must not hang the page.
+      signal: AbortSignal.timeout(15_000),
       method,
       headers: { Authorization: `Bearer ${token}`, ...(body ? { 'Content-Type': 'application/json' } : {}) },
       body: body ? JSON.stringify(body) : undefined,

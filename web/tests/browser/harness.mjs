@@ -61,9 +61,17 @@ export async function startServer({ tokensPerSec = 12 } = {}) {
         await sleep(50);
       }
     },
+    /** Freezes the server (SIGSTOP): connections stay open and nothing answers. */
+    pause() {
+      child.kill('SIGSTOP');
+    },
+    resume() {
+      child.kill('SIGCONT');
+    },
     async stop() {
       if (!child || child.exitCode !== null) return;
       const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGCONT');
       child.kill('SIGKILL');
       await exited;
     },
