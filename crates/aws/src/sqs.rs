@@ -9,7 +9,7 @@ use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use chatrun_core::domain::TurnJob;
 use chatrun_core::error::QueueError;
-use chatrun_core::ports::{QueueName, ReceivedTurn, TurnQueue, TurnQueueConsumer};
+use chatrun_core::ports::{JobVisibility, QueueName, ReceivedTurn, TurnQueue, TurnQueueConsumer};
 
 /// The turn queue and its dead-letter queue.
 #[derive(Clone, Debug)]
@@ -57,6 +57,12 @@ impl SqsTurnQueue {
             queue_arn: String::new(),
             dead_letter_arn: String::new(),
         }
+    }
+
+    /// The dead-letter queue's URL, so that run-turn can set the visibility of dead letters too.
+    pub fn with_dead_letter_url(mut self, dead_letter_url: impl Into<String>) -> Self {
+        self.dead_letter_url = Some(dead_letter_url.into());
+        self
     }
 
     /// A queue that also consumes (the local gateway), with the ARNs its events carry.
@@ -230,5 +236,26 @@ impl TurnQueueConsumer for SqsTurnQueue {
             QueueName::Turns => self.queue_arn.clone(),
             QueueName::DeadLetters => self.dead_letter_arn.clone(),
         }
+    }
+}
+
+#[async_trait]
+impl JobVisibility for SqsTurnQueue {
+    async fn set_visibility(
+        &self,
+        queue: QueueName,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(self.url(queue)?)
+            .receipt_handle(receipt_handle)
+            // SQS's limit is 12 hours.
+            .visibility_timeout(timeout.as_secs().min(43_200) as i32)
+            .send()
+            .await
+            .map_err(queue_error)?;
+        Ok(())
     }
 }

@@ -51,6 +51,16 @@ pub struct Settings {
     pub stale_turn_after: Duration,
     /// `CHAT_MAX_RECEIVES` (3): receives of a turn job before it goes to the dead-letter queue.
     pub max_receives: u32,
+    /// `CHAT_MODEL_STALL_SECS` (60): a model stream silent this long is cancelled; before its
+    /// first token that is retried like any passing model failure.
+    pub model_stall: Duration,
+    /// `CHAT_TURN_LEASE_SECS` (45): run-turn holds a job it works on invisible for this long,
+    /// renewed every third of it (a heartbeat), so a crashed worker's turn comes back within
+    /// it whatever the queue's own visibility timeout.
+    pub turn_lease: Duration,
+    /// `CHAT_RETRY_BACKOFF_SECS` (2): a turn that failed for a passing reason comes back after
+    /// this long, doubled for every earlier receive (capped at 30 s).
+    pub retry_backoff: Duration,
     /// `CHAT_MANAGEMENT_SECRET`: the local gateway's `/@connections` answers callers off
     /// loopback only when they send it in the `x-chatrun-management-secret` header. Unset:
     /// loopback only.
@@ -69,7 +79,6 @@ pub const CONNECTION_TTL: Duration = Duration::from_secs(2 * 3600);
 pub const CHAT_PAGE_SIZE: usize = 20;
 /// Longest title kept, in characters.
 pub const MAX_TITLE_CHARS: usize = 80;
-
 /// The shortest token secret accepted: HS256 with less than 32 bytes of key is guessable.
 pub const MIN_TOKEN_SECRET_BYTES: usize = 32;
 
@@ -111,6 +120,9 @@ impl Settings {
             frame_max_bytes: parse_var("CHAT_FRAME_MAX_BYTES", 4096)?,
             stale_turn_after: secs("CHAT_STALE_TURN_SECS", 960)?,
             max_receives: parse_var("CHAT_MAX_RECEIVES", 3)?,
+            model_stall: secs("CHAT_MODEL_STALL_SECS", 60)?,
+            turn_lease: secs("CHAT_TURN_LEASE_SECS", 45)?,
+            retry_backoff: secs("CHAT_RETRY_BACKOFF_SECS", 2)?,
             management_secret: var("CHAT_MANAGEMENT_SECRET"),
         })
     }
@@ -126,6 +138,9 @@ impl Settings {
             frame_max_bytes: 4096,
             stale_turn_after: Duration::from_secs(960),
             max_receives: 3,
+            model_stall: Duration::from_secs(60),
+            turn_lease: Duration::from_secs(45),
+            retry_backoff: Duration::from_secs(2),
             management_secret: None,
         }
     }

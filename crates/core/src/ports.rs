@@ -215,6 +215,24 @@ pub trait TurnQueueConsumer: Send + Sync {
     fn source_arn(&self, queue: QueueName) -> String;
 }
 
+/// The visibility of a received turn job (SQS `ChangeMessageVisibility`): run-turn holds each
+/// job it works on with a short, renewed visibility (a heartbeat) instead of relying on the
+/// queue's long default, so a crashed worker's job comes back within a minute; and it puts a
+/// job that failed for a passing reason back after a short backoff.
+#[async_trait]
+pub trait JobVisibility: Send + Sync {
+    /// Makes the received message invisible for `timeout` from now (zero: visible at once).
+    /// # Errors
+    /// `Backend` when the receipt handle is outdated (the message was deleted or received
+    /// again); `Transient` when the queue could not be reached.
+    async fn set_visibility(
+        &self,
+        queue: QueueName,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), QueueError>;
+}
+
 /// Posts frames to WebSocket connections (API Gateway's `@connections` API).
 #[async_trait]
 pub trait Connections: Send + Sync {

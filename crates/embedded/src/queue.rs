@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chatrun_core::domain::{Millis, TurnJob};
 use chatrun_core::error::QueueError;
-use chatrun_core::ports::{QueueName, ReceivedTurn, TurnQueue, TurnQueueConsumer};
+use chatrun_core::ports::{JobVisibility, QueueName, ReceivedTurn, TurnQueue, TurnQueueConsumer};
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 
@@ -281,5 +281,36 @@ impl TurnQueueConsumer for SqliteTurnQueue {
             QueueName::Turns => "arn:aws:sqs:local:000000000000:turns.fifo".into(),
             QueueName::DeadLetters => "arn:aws:sqs:local:000000000000:turns-dlq.fifo".into(),
         }
+    }
+}
+
+#[async_trait]
+impl JobVisibility for SqliteTurnQueue {
+    async fn set_visibility(
+        &self,
+        queue: QueueName,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| QueueError::Backend("queue lock poisoned".into()))?;
+        let changed = conn
+            .execute(
+                "UPDATE queue_messages SET visible_at = ?3 WHERE queue = ?1 AND receipt = ?2",
+                params![
+                    queue_key(queue),
+                    receipt_handle,
+                    now_millis() + timeout.as_millis() as i64
+                ],
+            )
+            .map_err(queue_error)?;
+        drop(conn);
+        if changed == 0 {
+            return Err(QueueError::Backend("outdated receipt handle".into()));
+        }
+        self.arrived.notify_waiters();
+        Ok(())
     }
 }

@@ -10,7 +10,7 @@ use chatrun_core::config::Settings;
 use chatrun_core::engine::Services;
 use chatrun_core::hooks::NoHooks;
 use chatrun_core::ports::{
-    ChatStore, Connections, SystemClock, TurnQueue, TurnQueueConsumer, UuidIds,
+    ChatStore, Connections, JobVisibility, SystemClock, TurnQueue, TurnQueueConsumer, UuidIds,
 };
 use chatrun_embedded::{InProcessConnections, SqliteChatStore, SqliteTurnQueue};
 
@@ -20,6 +20,8 @@ use crate::options::{AwsBackendOptions, BackendKind, ServeOptions};
 pub struct Backend {
     pub services: Services,
     pub consumer: Arc<dyn TurnQueueConsumer>,
+    /// What run-turn holds its jobs with (the same queue).
+    pub visibility: Arc<dyn JobVisibility>,
 }
 
 fn services(
@@ -64,7 +66,8 @@ pub async fn open(
             );
             Ok(Backend {
                 services: services(settings, Arc::new(store), queue.clone(), sockets),
-                consumer: queue,
+                consumer: queue.clone(),
+                visibility: queue,
             })
         }
         BackendKind::Aws => open_aws(options, settings, addr).await,
@@ -147,6 +150,7 @@ async fn open_aws(
             queue.clone(),
             Arc::new(connections),
         ),
-        consumer: queue,
+        consumer: queue.clone(),
+        visibility: queue,
     })
 }

@@ -36,6 +36,10 @@ enum Command {
         /// Close WebSockets idle this long (API Gateway: 600).
         #[arg(long, default_value_t = 600)]
         idle_timeout_secs: u64,
+        /// The turn queue's visibility timeout: how long a received job stays hidden before
+        /// run-turn's heartbeat takes over (SQS requires at least the function's timeout).
+        #[arg(long, env = "CHAT_QUEUE_VISIBILITY_SECS", default_value_t = 120)]
+        queue_visibility_secs: u64,
         /// `--backend aws`: DynamoDB endpoint (DynamoDB Local, moto, LocalStack).
         #[arg(long, env = "CHAT_DYNAMODB_ENDPOINT")]
         dynamodb_endpoint: Option<String>,
@@ -68,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         backend,
         web_dir,
         idle_timeout_secs,
+        queue_visibility_secs,
         dynamodb_endpoint,
         sqs_endpoint,
         table_name,
@@ -82,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
     options.backend = backend;
     options.web_dir = web_dir;
     options.idle_timeout = std::time::Duration::from_secs(idle_timeout_secs);
+    options.visibility_timeout = std::time::Duration::from_secs(queue_visibility_secs.max(1));
     let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
     options.aws = AwsBackendOptions {
         dynamodb_endpoint: dynamodb_endpoint.or_else(|| endpoint.clone()),

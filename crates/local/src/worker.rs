@@ -1,9 +1,10 @@
-//! SQS's event source mapping, played locally: receive turn jobs, hand them to run-turn as an
-//! `SqsEvent`, delete those it did not report as failures, and leave failures to come back
-//! after the visibility timeout (and, past max receives, on the dead-letter queue).
+//! SQS's event source mapping, played locally as AWS plays it: receive up to ten turn jobs, hand
+//! them to one run-turn invocation as an `SqsEvent` (records of several chats in one batch, as
+//! the real mapping does; run-turn runs the chats concurrently), delete those it did not report
+//! as failures, and leave failures to come back when their visibility ends (run-turn sets it:
+//! a short backoff) and, past max receives, on the dead-letter queue.
 //!
-//! A FIFO group's messages of one batch go to one invocation, in order; different groups run
-//! concurrently, up to a limit.
+//! Invocations run concurrently up to a limit, like Lambda's concurrency for the mapping.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,7 +41,32 @@ fn sqs_message(received: &ReceivedTurn, source_arn: &str) -> SqsMessage {
     message
 }
 
-/// Polls `queue` until `stop` turns true, then waits for the turns it started.
+/// One invocation of run-turn with a batch, then the mapping's clean-up: delete what succeeded.
+async fn invoke(
+    consumer: &dyn TurnQueueConsumer,
+    queue: QueueName,
+    deps: &RunTurnDeps,
+    source_arn: &str,
+    batch: Vec<ReceivedTurn>,
+) {
+    let mut event = SqsEvent::default();
+    event.records = batch.iter().map(|m| sqs_message(m, source_arn)).collect();
+    let response = chatrun_run_turn::handle(deps, event).await;
+    for message in &batch {
+        let failed = response
+            .batch_item_failures
+            .iter()
+            .any(|f| f.item_identifier == message.message_id);
+        if failed {
+            continue;
+        }
+        if let Err(error) = consumer.delete(queue, &message.receipt_handle).await {
+            tracing::warn!(%error, "deleting a finished turn job failed; it will run again");
+        }
+    }
+}
+
+/// Polls `queue` until `stop` turns true, then waits for the invocations it started.
 pub async fn run(
     consumer: Arc<dyn TurnQueueConsumer>,
     queue: QueueName,
@@ -64,40 +90,19 @@ pub async fn run(
                 continue;
             }
         };
-        let mut groups: Vec<(String, Vec<ReceivedTurn>)> = Vec::new();
-        for message in batch {
-            match groups.iter_mut().find(|(g, _)| *g == message.group_id) {
-                Some((_, messages)) => messages.push(message),
-                None => groups.push((message.group_id.clone(), vec![message])),
-            }
+        if batch.is_empty() {
+            continue;
         }
-        for (_, messages) in groups {
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                break;
-            };
-            let consumer = consumer.clone();
-            let deps = deps.clone();
-            let source_arn = source_arn.clone();
-            running.spawn(async move {
-                let _permit = permit;
-                let mut event = SqsEvent::default();
-                event.records = messages.iter().map(|m| sqs_message(m, &source_arn)).collect();
-                let response = chatrun_run_turn::handle(&deps, event).await;
-                let failed: Vec<&str> = response
-                    .batch_item_failures
-                    .iter()
-                    .map(|f| f.item_identifier.as_str())
-                    .collect();
-                for message in &messages {
-                    if failed.contains(&message.message_id.as_str()) {
-                        continue;
-                    }
-                    if let Err(error) = consumer.delete(queue, &message.receipt_handle).await {
-                        tracing::warn!(%error, "deleting a finished turn job failed; it will run again");
-                    }
-                }
-            });
-        }
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
+        let consumer = consumer.clone();
+        let deps = deps.clone();
+        let source_arn = source_arn.clone();
+        running.spawn(async move {
+            let _permit = permit;
+            invoke(consumer.as_ref(), queue, &deps, &source_arn, batch).await;
+        });
         while running.try_join_next().is_some() {}
     }
     // Let running turns finish their current work briefly; the queue redelivers the rest.

@@ -11,10 +11,15 @@ use chatrun_core::chunk::{MessageAccumulator, UIMessageChunk};
 use chatrun_core::config::Settings;
 use chatrun_core::domain::{ChatId, Connection, Grant, StreamEvent, TurnJob};
 use chatrun_core::error::ModelError;
-use chatrun_core::ports::ChatStore;
-use chatrun_core::testkit::memory::{ScriptedModel, TestServices, services};
+use chatrun_core::ports::{
+    ChatStore, LanguageModel, ModelEvent, ModelInfo, ModelRequest, ModelStream, QueueName,
+};
+use chatrun_core::testkit::memory::{RecordingVisibility, ScriptedModel, TestServices, services};
 use chatrun_run_turn::{RunTurnDeps, handle};
+use futures::StreamExt;
 use serde_json::{Value, json};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 const DLQ_ARN: &str = "arn:aws:sqs:local:000000000000:turns-dlq.fifo";
 const REPLY: &str = "Tide pools are rocky basins full of life. ";
@@ -23,14 +28,26 @@ struct Harness {
     t: TestServices,
     deps: RunTurnDeps,
     model: Arc<ScriptedModel>,
+    visibility: Arc<RecordingVisibility>,
+}
+
+fn settings() -> Settings {
+    Settings::with_secret("secret-secret-secret-secret-secret")
 }
 
 async fn harness() -> Harness {
-    let t = services(Settings::with_secret("secret-secret-secret"));
+    harness_with(settings(), None).await
+}
+
+/// A harness with these settings, and `other` answering instead of the scripted model.
+async fn harness_with(settings: Settings, other: Option<Arc<dyn LanguageModel>>) -> Harness {
+    let t = services(settings);
     let model = Arc::new(ScriptedModel::new(REPLY));
+    let visibility = Arc::new(RecordingVisibility::default());
     let deps = RunTurnDeps {
         services: t.services.clone(),
-        model: model.clone(),
+        model: other.unwrap_or_else(|| model.clone()),
+        visibility: visibility.clone(),
         dead_letter_source_arn: Some(DLQ_ARN.into()),
     };
     t.store
@@ -43,7 +60,12 @@ async fn harness() -> Harness {
         })
         .await
         .unwrap();
-    Harness { t, deps, model }
+    Harness {
+        t,
+        deps,
+        model,
+        visibility,
+    }
 }
 
 /// Sends a message through the send-message handler, as API Gateway would invoke it.
@@ -64,9 +86,17 @@ async fn send(h: &Harness, chat: &str, message_id: &str) -> TurnJob {
     h.t.queue.jobs.lock().unwrap().last().unwrap().clone()
 }
 
+/// A record as the event source mapping hands it over: FIFO group = chat id.
 fn record(id: &str, body: String, source: &str) -> SqsMessage {
     let mut m = SqsMessage::default();
     m.message_id = Some(id.into());
+    m.receipt_handle = Some(format!("receipt-{id}"));
+    let group = serde_json::from_str::<TurnJob>(&body)
+        .map(|job| job.chat_id.as_str().to_owned())
+        .unwrap_or_else(|_| "not-a-job".into());
+    m.attributes.insert("MessageGroupId".into(), group);
+    m.attributes
+        .insert("ApproximateReceiveCount".into(), "1".into());
     m.body = Some(body);
     m.event_source_arn = Some(source.into());
     m
@@ -249,4 +279,216 @@ async fn a_retry_after_a_crash_mid_stream_keeps_what_streamed_and_ends_with_an_e
     assert!(acc.is_finished());
     assert_eq!(acc.message().text(), "Tide pools ");
     assert_eq!(h.model.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// A model that waits `per_token` before each of its `tokens` words, noting when each chat's
+/// reply began to stream.
+struct SlowModel {
+    per_token: Duration,
+    tokens: usize,
+    first_token_at: Mutex<Vec<Instant>>,
+}
+
+#[async_trait::async_trait]
+impl LanguageModel for SlowModel {
+    async fn stream(&self, _request: ModelRequest) -> Result<ModelStream, ModelError> {
+        let per_token = self.per_token;
+        let tokens = self.tokens;
+        let started = Instant::now();
+        self.first_token_at
+            .lock()
+            .unwrap()
+            .push(started + per_token);
+        Ok(futures::stream::iter(0..=tokens)
+            .then(move |i| async move {
+                tokio::time::sleep(per_token).await;
+                Ok(if i == tokens {
+                    ModelEvent::Finish {
+                        reason: chatrun_core::chunk::FinishReason::Stop,
+                        usage: None,
+                    }
+                } else {
+                    ModelEvent::TextDelta(format!("w{i} "))
+                })
+            })
+            .boxed())
+    }
+
+    fn models(&self) -> Vec<ModelInfo> {
+        vec![]
+    }
+
+    fn default_model(&self) -> String {
+        "slow".into()
+    }
+}
+
+/// A model that accepts the request and then never says anything.
+struct SilentModel;
+
+#[async_trait::async_trait]
+impl LanguageModel for SilentModel {
+    async fn stream(&self, _request: ModelRequest) -> Result<ModelStream, ModelError> {
+        Ok(futures::stream::pending().boxed())
+    }
+
+    fn models(&self) -> Vec<ModelInfo> {
+        vec![]
+    }
+
+    fn default_model(&self) -> String {
+        "silent".into()
+    }
+}
+
+fn failed_ids(response: &aws_lambda_events::sqs::SqsBatchResponse) -> Vec<String> {
+    response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_of_ten_chats_streams_them_all_at_once() {
+    let slow = Arc::new(SlowModel {
+        per_token: Duration::from_millis(50),
+        tokens: 20,
+        first_token_at: Mutex::new(Vec::new()),
+    });
+    let h = harness_with(settings(), Some(slow.clone())).await;
+    let mut records = Vec::new();
+    for i in 0..10 {
+        let job = send(&h, &format!("chat-{i}"), &format!("u{i}")).await;
+        records.push(job_record(&format!("m{i}"), &job));
+    }
+    let started = Instant::now();
+    let response = handle(&h.deps, batch(records)).await;
+    let took = started.elapsed();
+    assert!(response.batch_item_failures.is_empty());
+    // One reply takes 21 x 50 ms; one after another, ten would take ten times that.
+    let reply = Duration::from_millis(50 * 21);
+    let first_tokens = slow.first_token_at.lock().unwrap().clone();
+    assert_eq!(first_tokens.len(), 10);
+    let latest = first_tokens
+        .iter()
+        .map(|at| at.duration_since(started))
+        .max()
+        .unwrap();
+    println!("10 chats in one batch: latest first token {latest:?}, whole batch {took:?}");
+    assert!(
+        latest < Duration::from_millis(50) + Duration::from_millis(400),
+        "every chat's first token within one chat's latency plus a margin, not after another's reply: {latest:?}"
+    );
+    assert!(took < reply * 3, "the batch took {took:?}");
+    for i in 0..10 {
+        let messages =
+            h.t.store
+                .messages(&ChatId::parse(format!("chat-{i}")).unwrap())
+                .await
+                .unwrap();
+        assert_eq!(messages.len(), 2, "chat-{i} has its reply");
+    }
+}
+
+#[tokio::test]
+async fn a_long_turn_holds_its_job_with_a_heartbeat() {
+    let mut settings = settings();
+    settings.turn_lease = Duration::from_millis(300);
+    let slow = Arc::new(SlowModel {
+        per_token: Duration::from_millis(50),
+        tokens: 20,
+        first_token_at: Mutex::new(Vec::new()),
+    });
+    let h = harness_with(settings, Some(slow)).await;
+    let job = send(&h, "chat-long", "u1").await;
+    let response = handle(&h.deps, batch(vec![job_record("m1", &job)])).await;
+    assert!(response.batch_item_failures.is_empty());
+    let changes = h.visibility.changes.lock().unwrap().clone();
+    let leases = changes
+        .iter()
+        .filter(|(q, r, t)| {
+            *q == QueueName::Turns && r == "receipt-m1" && *t == Duration::from_millis(300)
+        })
+        .count();
+    // Set at once, then renewed every 100 ms of a turn of about a second.
+    assert!(leases >= 5, "the lease was set and renewed: {changes:?}");
+}
+
+#[tokio::test]
+async fn a_passing_model_failure_comes_back_after_a_growing_backoff() {
+    let h = harness().await;
+    let job = send(&h, "chat-flaky", "u1").await;
+    *h.model.fail_with.lock().unwrap() = Some(ModelError::Unavailable("503".into()));
+    let mut second = job_record("m1", &job);
+    second
+        .attributes
+        .insert("ApproximateReceiveCount".into(), "2".into());
+    let response = handle(&h.deps, batch(vec![second])).await;
+    assert_eq!(failed_ids(&response), ["m1"]);
+    let changes = h.visibility.changes.lock().unwrap().clone();
+    assert_eq!(
+        changes.first().map(|c| c.2),
+        Some(Duration::from_secs(45)),
+        "held with the lease first: {changes:?}"
+    );
+    assert_eq!(
+        changes.last(),
+        Some(&(
+            QueueName::Turns,
+            "receipt-m1".to_string(),
+            Duration::from_secs(4)
+        )),
+        "second receive: twice the 2 s backoff"
+    );
+    // Nothing of the failed attempt reached the user or the history.
+    assert!(frames_of_type(&h, "events").is_empty());
+    let chat = ChatId::parse("chat-flaky").unwrap();
+    assert_eq!(h.t.store.messages(&chat).await.unwrap().len(), 1);
+    // The model heals: the next delivery answers.
+    *h.model.fail_with.lock().unwrap() = None;
+    let response = handle(&h.deps, batch(vec![job_record("m1", &job)])).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(h.t.store.messages(&chat).await.unwrap()[1].text(), REPLY);
+}
+
+#[tokio::test]
+async fn a_refused_request_ends_the_turn_at_once_with_an_error_the_user_sees() {
+    let h = harness().await;
+    let job = send(&h, "chat-refused", "u1").await;
+    *h.model.fail_with.lock().unwrap() = Some(ModelError::Rejected("status 400".into()));
+    let response = handle(&h.deps, batch(vec![job_record("m1", &job)])).await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "no retry loop for what cannot succeed"
+    );
+    let chunks: Vec<UIMessageChunk> = frames_of_type(&h, "events")
+        .iter()
+        .flat_map(|f| serde_json::from_value::<Vec<UIMessageChunk>>(f["chunks"].clone()).unwrap())
+        .collect();
+    assert!(chunks.iter().any(
+        |c| matches!(c, UIMessageChunk::Error { error_text } if error_text.contains("status 400"))
+    ));
+    let chat = ChatId::parse("chat-refused").unwrap();
+    let session = h.t.store.get_session(&chat).await.unwrap().unwrap();
+    assert!(!session.streaming, "the user can send again");
+    assert_eq!(frames_of_type(&h, "turn-complete").len(), 1);
+}
+
+#[tokio::test]
+async fn a_model_silent_past_the_stall_limit_is_cancelled_and_retried() {
+    let mut settings = settings();
+    settings.model_stall = Duration::from_millis(200);
+    let h = harness_with(settings, Some(Arc::new(SilentModel))).await;
+    let job = send(&h, "chat-stalled", "u1").await;
+    let started = Instant::now();
+    let response = handle(&h.deps, batch(vec![job_record("m1", &job)])).await;
+    assert_eq!(failed_ids(&response), ["m1"]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let changes = h.visibility.changes.lock().unwrap().clone();
+    assert_eq!(
+        changes.last().map(|c| c.2),
+        Some(Duration::from_secs(2)),
+        "put back after the first backoff: {changes:?}"
+    );
 }

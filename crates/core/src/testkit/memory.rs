@@ -357,6 +357,29 @@ impl TurnQueue for RecordingTurnQueue {
     }
 }
 
+/// `JobVisibility` that records every change: (queue, receipt handle, timeout).
+#[derive(Default)]
+pub struct RecordingVisibility {
+    pub changes: Mutex<Vec<(crate::ports::QueueName, String, std::time::Duration)>>,
+}
+
+#[async_trait]
+impl crate::ports::JobVisibility for RecordingVisibility {
+    async fn set_visibility(
+        &self,
+        queue: crate::ports::QueueName,
+        receipt_handle: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        self.changes.lock().expect("visibility lock").push((
+            queue,
+            receipt_handle.to_owned(),
+            timeout,
+        ));
+        Ok(())
+    }
+}
+
 /// `Connections` that records every frame per connection.
 #[derive(Default)]
 pub struct RecordingConnections {

@@ -1,0 +1,446 @@
+//! The turn loop: claim the queued turn, stream the model's reply through the chunk builder
+//! into the frame sink, and finish with onTurnComplete.
+//!
+//! Errors are classified here, before anyone retries them:
+//! - a passing failure before anything streamed (model unreachable, 429/5xx, a stalled first
+//!   token, a store hiccup) is returned as a retryable error: the queue brings the job back
+//!   after a short backoff and the turn starts cleanly;
+//! - a failure that cannot heal by retrying (the model refused the request) or one after frames
+//!   were posted (a retry would be a second, different reply) ends the turn at once with an
+//!   `error` chunk the user sees.
+
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use super::super::Services;
+use super::chunks::ChunkBuilder;
+use super::session::{claim, finish_turn, runs};
+use super::sink::{FrameSink, Signal};
+use crate::chunk::FinishReason;
+use crate::domain::{EndedReason, TurnJob};
+use crate::error::{ChatError, ModelError, StoreError};
+use crate::message::{UIMessage, UIPart};
+use crate::ports::{LanguageModel, ModelEvent, ModelRequest};
+use crate::protocol::ServerFrame;
+
+/// How often a turn whose model is silent checks for a stop.
+const SILENT_STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A stored reply is cut to this many bytes of text when the whole one is too large to store.
+const TRUNCATED_REPLY_BYTES: usize = 64 * 1024;
+
+/// What became of a turn job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnOutcome {
+    /// The reply is stored and the session updated.
+    Completed,
+    /// Nothing to do: the job is stale, a duplicate, or another worker owns the turn.
+    Dropped(&'static str),
+}
+
+/// How the loop goes on after a frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// The stream has ended (`finish` sent).
+    Done,
+    /// Another worker or a newer session owns the turn: stop without completing.
+    Lost,
+}
+
+/// Sends what the builder holds as one frame.
+async fn flush(builder: &mut ChunkBuilder, sink: &mut FrameSink<'_>) -> Result<Flow, ChatError> {
+    if builder.is_empty() {
+        return Ok(Flow::Continue);
+    }
+    let chunks = builder.take();
+    let ended = chunks.iter().any(|c| c.is_finish());
+    match sink.send(chunks).await? {
+        Signal::Lost => Ok(Flow::Lost),
+        _ if ended => Ok(Flow::Done),
+        Signal::StopRequested => abort(builder, sink).await,
+        Signal::Continue => Ok(Flow::Continue),
+    }
+}
+
+/// Ends the stream on the user's stop.
+async fn abort(builder: &mut ChunkBuilder, sink: &mut FrameSink<'_>) -> Result<Flow, ChatError> {
+    builder.abort();
+    match sink.send(builder.take()).await? {
+        Signal::Lost => Ok(Flow::Lost),
+        _ => Ok(Flow::Done),
+    }
+}
+
+/// The short text a user sees for a model failure (the full error goes to the log).
+fn model_error_text(error: &ModelError) -> String {
+    match error {
+        ModelError::Rejected(reason) => format!("The model refused the request: {reason}"),
+        ModelError::Unavailable(reason) | ModelError::Stream(reason) => {
+            format!("The model stopped answering: {reason}")
+        }
+    }
+}
+
+fn retry_later(message: String) -> ChatError {
+    ChatError::Internal {
+        message,
+        retryable: true,
+    }
+}
+
+/// Runs one queued turn: claim, stream, persist, fan out, complete.
+/// # Errors
+/// A retryable error when nothing has streamed yet and a later attempt can succeed (the model
+/// could not be reached or stalled before its first token, the store failed); the queue
+/// redelivers the job. A non-retryable error when the turn can never succeed; the caller ends
+/// it with [`end_turn_with_error`].
+pub async fn run_turn(
+    s: &Services,
+    model: &dyn LanguageModel,
+    job: &TurnJob,
+) -> Result<TurnOutcome, ChatError> {
+    let chat_id = &job.chat_id;
+    let Some(session) = claim(s, job).await? else {
+        return Ok(TurnOutcome::Dropped("stale or finished job"));
+    };
+    let Some(chat) = s.store.get_chat(chat_id).await? else {
+        return Ok(TurnOutcome::Dropped("chat deleted"));
+    };
+    let mut history = s.store.messages(chat_id).await?;
+    if history.iter().any(|m| m.id == job.assistant_message_id) {
+        // A previous attempt stored the reply and died before updating the session.
+        let last = s.store.last_event_id(&job.run_id, s.now()).await?;
+        complete(
+            s,
+            job,
+            &chat.owner_id,
+            None,
+            last.max(session.turn_start_event_id - 1),
+            None,
+        )
+        .await?;
+        return Ok(TurnOutcome::Dropped("reply already stored"));
+    }
+    if let Some(pos) = history.iter().position(|m| m.id == job.user_message_id) {
+        history.truncate(pos + 1);
+    }
+
+    let model_id = if model.models().iter().any(|m| m.id == chat.model) {
+        chat.model.clone()
+    } else {
+        model.default_model()
+    };
+    let mut sink = FrameSink::new(s, job, session.turn_start_event_id);
+    let mut builder = ChunkBuilder::new(job.assistant_message_id.clone(), model_id.clone());
+    let earlier = s
+        .store
+        .events_after(&job.run_id, session.turn_start_event_id - 1, s.now())
+        .await?;
+    if sink.adopt(&earlier) {
+        // A previous attempt crashed mid-stream. Its frames were seen by clients, so they stay;
+        // the turn ends with an error rather than a second, different reply.
+        return finish_adopted(
+            s,
+            job,
+            &chat.owner_id,
+            sink,
+            builder.already_started(),
+            "The reply was interrupted. Please regenerate it.",
+            None,
+        )
+        .await;
+    }
+
+    let (_, subscribers) = s.store.session_and_subscribers(chat_id, s.now()).await?;
+    sink.set_subscribers(subscribers);
+    let user_message = history
+        .iter()
+        .find(|m| m.id == job.user_message_id)
+        .cloned()
+        .unwrap_or_else(|| UIMessage::user_text(job.user_message_id.clone(), ""));
+    s.fan_out(
+        chat_id,
+        sink.subscribers(),
+        &ServerFrame::TurnStarted {
+            chat_id: chat_id.clone(),
+            run_id: job.run_id.clone(),
+            user_message,
+            assistant_message_id: job.assistant_message_id.clone(),
+            first_event_id: session.turn_start_event_id,
+        },
+    )
+    .await;
+
+    let request = ModelRequest {
+        model: model_id,
+        messages: history,
+    };
+    let mut stream = match model.stream(request).await {
+        Ok(stream) => stream,
+        Err(error @ ModelError::Rejected(_)) => {
+            tracing::warn!(chat_id = %chat_id, %error, "the model refused a turn");
+            builder.error(&model_error_text(&error));
+            return match flush(&mut builder, &mut sink).await? {
+                Flow::Lost => Ok(TurnOutcome::Dropped("another worker owns the turn")),
+                _ => finish(s, job, &chat.owner_id, sink).await,
+            };
+        }
+        Err(error) => return Err(retry_later(format!("model: {error}"))),
+    };
+
+    let stall = s.settings.model_stall;
+    let mut last_model_event = Instant::now();
+    let mut first_delta_sent = false;
+    let flow = loop {
+        // With nothing pending, wake now and then anyway so a stop is seen while the model is
+        // silent (a slow first token, a long pause), and so a stalled model is noticed.
+        let stalls_at = last_model_event + stall;
+        let wake = sink
+            .deadline()
+            .unwrap_or_else(|| Instant::now() + SILENT_STOP_CHECK)
+            .min(stalls_at);
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = tokio::time::sleep_until(wake) => {
+                let flow = if Instant::now() >= stalls_at {
+                    let error = ModelError::Stream(format!("no data for {} s", stall.as_secs()));
+                    match model_failed(&mut builder, &mut sink, error).await? {
+                        Some(flow) => flow,
+                        None => return Err(retry_later("model: stalled before its first token".into())),
+                    }
+                } else if !builder.is_empty() {
+                    flush(&mut builder, &mut sink).await?
+                } else {
+                    match sink.read_signal().await? {
+                        Signal::Continue => Flow::Continue,
+                        Signal::StopRequested => abort(&mut builder, &mut sink).await?,
+                        Signal::Lost => Flow::Lost,
+                    }
+                };
+                if flow == Flow::Continue {
+                    continue;
+                }
+                break flow;
+            }
+        };
+        last_model_event = Instant::now();
+        match next {
+            Some(Ok(ModelEvent::TextDelta(delta))) => builder.text(delta),
+            Some(Ok(ModelEvent::ReasoningDelta(delta))) => builder.reasoning(delta),
+            Some(Ok(ModelEvent::Finish { reason, usage })) => {
+                builder.finish(
+                    Some(reason),
+                    usage.map(|u| serde_json::to_value(u).unwrap_or_default()),
+                );
+                break flush(&mut builder, &mut sink).await?;
+            }
+            Some(Err(error)) => match model_failed(&mut builder, &mut sink, error).await? {
+                Some(flow) => break flow,
+                None => return Err(retry_later("model: failed before its first token".into())),
+            },
+            None => {
+                builder.finish(Some(FinishReason::Stop), None);
+                break flush(&mut builder, &mut sink).await?;
+            }
+        }
+        if builder.is_empty() {
+            continue;
+        }
+        sink.note_pending();
+        // The first token goes out at once; later deltas wait for the frame interval or size.
+        let flow = if !first_delta_sent {
+            first_delta_sent = true;
+            flush(&mut builder, &mut sink).await?
+        } else if builder.pending_bytes() >= s.settings.frame_max_bytes {
+            flush(&mut builder, &mut sink).await?
+        } else {
+            Flow::Continue
+        };
+        if flow != Flow::Continue {
+            break flow;
+        }
+    };
+    drop(stream);
+    if flow == Flow::Lost {
+        return Ok(TurnOutcome::Dropped("another worker owns the turn"));
+    }
+    finish(s, job, &chat.owner_id, sink).await
+}
+
+/// A model failure mid-turn. Before anything was persisted a retry starts the turn cleanly, so
+/// `None` asks for one; after, the turn ends here with an `error` chunk.
+async fn model_failed(
+    builder: &mut ChunkBuilder,
+    sink: &mut FrameSink<'_>,
+    error: ModelError,
+) -> Result<Option<Flow>, ChatError> {
+    if !sink.wrote() {
+        tracing::warn!(%error, "the model failed before its first token; the turn will be retried");
+        return Ok(None);
+    }
+    tracing::warn!(%error, "the model failed mid-reply; the turn ends with an error");
+    builder.error(&model_error_text(&error));
+    flush(builder, sink).await.map(Some)
+}
+
+/// Completes the turn with what the sink persisted.
+async fn finish(
+    s: &Services,
+    job: &TurnJob,
+    owner_id: &str,
+    sink: FrameSink<'_>,
+) -> Result<TurnOutcome, ChatError> {
+    let last = sink.last_event_id();
+    let reply = sink.into_accumulated().into_message();
+    complete(s, job, owner_id, Some(reply), last, None).await?;
+    Ok(TurnOutcome::Completed)
+}
+
+/// Ends a turn whose earlier frames are adopted: an `error` chunk unless it already finished,
+/// then onTurnComplete (ending the session with `fail`, if given).
+async fn finish_adopted(
+    s: &Services,
+    job: &TurnJob,
+    owner_id: &str,
+    mut sink: FrameSink<'_>,
+    mut builder: ChunkBuilder,
+    error_text: &str,
+    fail: Option<EndedReason>,
+) -> Result<TurnOutcome, ChatError> {
+    if !sink.accumulated().is_finished() {
+        builder.error(error_text);
+        let (_, subscribers) = s
+            .store
+            .session_and_subscribers(&job.chat_id, s.now())
+            .await?;
+        sink.set_subscribers(subscribers);
+        if flush(&mut builder, &mut sink).await? == Flow::Lost {
+            return Ok(TurnOutcome::Dropped("another worker owns the turn"));
+        }
+    }
+    let last = sink.last_event_id();
+    let reply = sink.into_accumulated().into_message();
+    complete(s, job, owner_id, Some(reply), last, fail).await?;
+    Ok(TurnOutcome::Completed)
+}
+
+/// Ends a turn that cannot succeed with an `error` chunk the user sees, keeping what streamed.
+/// `fail` also ends the session (a dead letter: DESIGN's "a session ends on a crash").
+pub async fn end_turn_with_error(
+    s: &Services,
+    job: &TurnJob,
+    error_text: &str,
+    fail: Option<EndedReason>,
+) -> Result<TurnOutcome, ChatError> {
+    let Some(session) = s.store.get_session(&job.chat_id).await? else {
+        return Ok(TurnOutcome::Dropped("no session"));
+    };
+    if !runs(&session, job) {
+        return Ok(TurnOutcome::Dropped("turn already finished"));
+    }
+    let Some(chat) = s.store.get_chat(&job.chat_id).await? else {
+        return Ok(TurnOutcome::Dropped("chat deleted"));
+    };
+    let mut sink = FrameSink::new(s, job, session.turn_start_event_id);
+    let earlier = s
+        .store
+        .events_after(&job.run_id, session.turn_start_event_id - 1, s.now())
+        .await?;
+    let mut builder = ChunkBuilder::new(job.assistant_message_id.clone(), chat.model.clone());
+    if sink.adopt(&earlier) {
+        builder = builder.already_started();
+    }
+    finish_adopted(s, job, &chat.owner_id, sink, builder, error_text, fail).await
+}
+
+/// A dead-lettered job: the turn failed `max_receives` times. The user's message stays; the
+/// reply ends with an `error` chunk, and the session ends (`failed`) so the next message starts a
+/// fresh one.
+pub async fn fail_turn(s: &Services, job: &TurnJob) -> Result<TurnOutcome, ChatError> {
+    end_turn_with_error(
+        s,
+        job,
+        "The model could not answer. Please try again.",
+        Some(EndedReason::Failed),
+    )
+    .await
+}
+
+/// Cuts a reply too large to store to its first [`TRUNCATED_REPLY_BYTES`] of text, saying so.
+fn truncated(message: &UIMessage) -> UIMessage {
+    let mut text = message.text();
+    let mut cut = TRUNCATED_REPLY_BYTES.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str("\n\n[The reply was too long to store and is cut here.]");
+    let mut short = UIMessage::user_text(message.id.clone(), text);
+    short.role = message.role;
+    short.metadata = message.metadata.clone();
+    short
+}
+
+/// onTurnComplete: stores the reply (once), ends the turn on the session, tells subscribers.
+async fn complete(
+    s: &Services,
+    job: &TurnJob,
+    owner_id: &str,
+    reply: Option<UIMessage>,
+    last_event_id: u64,
+    fail: Option<EndedReason>,
+) -> Result<(), ChatError> {
+    let now = s.now();
+    let chat_id = &job.chat_id;
+    let mut reply = reply.filter(|m| m.parts.iter().any(|p| !matches!(p, UIPart::StepStart)));
+    if let Some(message) = &mut reply {
+        message.id = job.assistant_message_id.clone();
+        let stored = match s.store.append_message(chat_id, message, now).await {
+            Err(StoreError::TooLarge(reason)) => {
+                tracing::error!(chat_id = %chat_id, reason, "a reply too large to store is cut");
+                *message = truncated(message);
+                s.store.append_message(chat_id, message, now).await
+            }
+            other => other,
+        };
+        match stored {
+            Ok(()) | Err(StoreError::Conflict(_)) => {}
+            Err(StoreError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let Some(updated) = finish_turn(s, job, owner_id, last_event_id, fail, now).await? else {
+        return Ok(());
+    };
+    if let Some(message) = &reply {
+        s.hooks.on_turn_complete(&updated, message).await;
+    }
+    let subscribers = s.store.subscribers(chat_id, now).await?;
+    s.fan_out(
+        chat_id,
+        &subscribers,
+        &ServerFrame::TurnComplete {
+            chat_id: chat_id.clone(),
+            run_id: updated.run_id.clone(),
+            last_event_id: updated.last_event_id,
+            access_token: updated.access_token.clone(),
+        },
+    )
+    .await;
+    if let Some(reason) = updated.ended_reason
+        && updated.status == crate::domain::SessionStatus::Ended
+    {
+        s.fan_out(
+            chat_id,
+            &subscribers,
+            &ServerFrame::SessionEnded {
+                chat_id: chat_id.clone(),
+                run_id: updated.run_id.clone(),
+                reason,
+            },
+        )
+        .await;
+    }
+    Ok(())
+}

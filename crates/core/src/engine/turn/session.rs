@@ -1,0 +1,216 @@
+//! The session's conditional steps. Every change to a ChatSession is a read, a change and a
+//! write conditional on the version read, retried after a lost race; so two sends, a send and a
+//! stop, or two workers of one job can never both win the same step.
+
+use super::super::Services;
+use crate::domain::{ChatId, ChatSession, Connection, EndedReason, Millis, SessionStatus, TurnJob};
+use crate::error::{ChatError, StoreError};
+
+/// How often a conditional session write is retried after losing a race.
+const CAS_ATTEMPTS: usize = 8;
+
+/// Whether a turn still marked streaming has outlived any worker (Lambda's 15-minute cap).
+pub fn is_stale(s: &Services, session: &ChatSession, now: Millis) -> bool {
+    session.streaming
+        && session
+            .turn_started_at
+            .is_some_and(|at| now - at > s.settings.stale_turn_after.as_millis() as i64)
+}
+
+/// Whether `session` is running exactly this job's turn.
+pub fn runs(session: &ChatSession, job: &TurnJob) -> bool {
+    session.run_id == job.run_id
+        && session.streaming
+        && session.assistant_message_id.as_deref() == Some(job.assistant_message_id.as_str())
+}
+
+fn streaming_conflict() -> ChatError {
+    ChatError::Conflict("a reply is still streaming: stop it or wait for it".into())
+}
+
+/// Marks a turn as started: on the current session, or on a fresh one (new run id and access
+/// token) when there is none or it has ended, expired or lost its worker. This is the one step
+/// that decides which of two concurrent sends wins; the loser gets `conflict` before anything
+/// of its own is stored.
+pub async fn begin_turn(
+    s: &Services,
+    conn: &Connection,
+    chat_id: &ChatId,
+    user_message_id: &str,
+    assistant_message_id: &str,
+    now: Millis,
+) -> Result<ChatSession, ChatError> {
+    let idle = s.settings.session_idle.as_millis() as i64;
+    for _ in 0..CAS_ATTEMPTS {
+        let current = s.store.get_session(chat_id).await?;
+        let expected = current.as_ref().map(|c| c.version);
+        let next = match current {
+            Some(current) if !current.is_over(now) && !is_stale(s, &current, now) => {
+                if current.streaming {
+                    return Err(streaming_conflict());
+                }
+                ChatSession {
+                    streaming: true,
+                    turn_start_event_id: current.last_event_id + 1,
+                    assistant_message_id: Some(assistant_message_id.into()),
+                    user_message_id: Some(user_message_id.into()),
+                    stop_requested: false,
+                    turn_started_at: Some(now),
+                    attempts: 0,
+                    expires_at: now + idle,
+                    ..current
+                }
+            }
+            _ => {
+                let run_id = s.ids.new_id();
+                let expires_at = now + idle;
+                ChatSession {
+                    chat_id: chat_id.clone(),
+                    access_token: s.tokens.run_token(
+                        &conn.owner_id,
+                        chat_id,
+                        &run_id,
+                        now,
+                        expires_at,
+                    ),
+                    run_id,
+                    last_event_id: 0,
+                    turns: 0,
+                    status: SessionStatus::Active,
+                    ended_reason: None,
+                    streaming: true,
+                    turn_start_event_id: 1,
+                    assistant_message_id: Some(assistant_message_id.into()),
+                    user_message_id: Some(user_message_id.into()),
+                    stop_requested: false,
+                    turn_started_at: Some(now),
+                    attempts: 0,
+                    expires_at,
+                    version: 0,
+                }
+            }
+        };
+        match s.store.put_session(&next, expected).await {
+            Ok(stored) => return Ok(stored),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ChatError::Conflict(
+        "the session changed too often; retry".into(),
+    ))
+}
+
+/// Applies `change` to the session of `run_id` with a conditional write, re-reading after a lost
+/// race. `change` returns false to leave the session as it is.
+///
+/// # Returns
+/// The stored session, or `None` when the chat has no session of this run any more.
+pub async fn update_session(
+    s: &Services,
+    chat_id: &ChatId,
+    run_id: &str,
+    mut change: impl FnMut(&mut ChatSession) -> bool,
+) -> Result<Option<ChatSession>, ChatError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some(mut session) = s.store.get_session(chat_id).await? else {
+            return Ok(None);
+        };
+        if session.run_id != run_id {
+            return Ok(None);
+        }
+        let version = session.version;
+        if !change(&mut session) {
+            return Ok(Some(session));
+        }
+        match s.store.put_session(&session, Some(version)).await {
+            Ok(stored) => return Ok(Some(stored)),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ChatError::Internal {
+        message: "session update kept conflicting".into(),
+        retryable: true,
+    })
+}
+
+/// Undoes [`begin_turn`] when the turn could not be queued: the session stops streaming that
+/// turn so the user can send again.
+pub async fn release_turn(
+    s: &Services,
+    session: &ChatSession,
+    assistant_message_id: &str,
+) -> Result<(), ChatError> {
+    update_session(s, &session.chat_id, &session.run_id, |current| {
+        if !current.streaming
+            || current.assistant_message_id.as_deref() != Some(assistant_message_id)
+        {
+            return false;
+        }
+        current.streaming = false;
+        current.stop_requested = false;
+        true
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Claims the job's turn for this attempt: the session must still be this run's and streaming
+/// this turn.
+pub async fn claim(s: &Services, job: &TurnJob) -> Result<Option<ChatSession>, ChatError> {
+    let mut claimed = false;
+    let session = update_session(s, &job.chat_id, &job.run_id, |current| {
+        if !runs(current, job) {
+            return false;
+        }
+        current.attempts += 1;
+        claimed = true;
+        true
+    })
+    .await?;
+    Ok(session.filter(|_| claimed))
+}
+
+/// onTurnComplete's session step: the turn is over, `lastEventId` moves to its end, a fresh
+/// access token is issued, and the session ends on `fail` or when it reached max turns.
+///
+/// # Returns
+/// The updated session, or `None` when the session no longer runs this turn (another attempt
+/// finished it, or a new session replaced it).
+pub async fn finish_turn(
+    s: &Services,
+    job: &TurnJob,
+    owner_id: &str,
+    last_event_id: u64,
+    fail: Option<EndedReason>,
+    now: Millis,
+) -> Result<Option<ChatSession>, ChatError> {
+    let idle = s.settings.session_idle.as_millis() as i64;
+    let max_turns = s.settings.max_turns;
+    let mut changed = false;
+    let session = update_session(s, &job.chat_id, &job.run_id, |current| {
+        if !runs(current, job) {
+            return false;
+        }
+        changed = true;
+        current.streaming = false;
+        current.stop_requested = false;
+        current.last_event_id = last_event_id.max(current.last_event_id);
+        current.turns += 1;
+        current.expires_at = now + idle;
+        current.access_token =
+            s.tokens
+                .run_token(owner_id, &job.chat_id, &current.run_id, now, now + idle);
+        if let Some(reason) = fail {
+            current.status = SessionStatus::Ended;
+            current.ended_reason = Some(reason);
+        } else if current.turns >= max_turns {
+            current.status = SessionStatus::Ended;
+            current.ended_reason = Some(EndedReason::MaxTurns);
+        }
+        true
+    })
+    .await?;
+    Ok(session.filter(|_| changed))
+}

@@ -1,0 +1,452 @@
+//! onChatStart and onTurnStart (`send-message`: a new message, an edit, a regeneration) and
+//! `stop`.
+//!
+//! Starting a turn is decided by one conditional step on the session ([`begin_turn`]) taken
+//! *before* anything of the request is stored: of two concurrent sends on one chat, the loser
+//! gets `conflict` and leaves no trace; an edit or a regeneration deletes the old messages only
+//! once its turn is claimed. The user's message is stored before the job is queued, so a
+//! refresh always shows it.
+
+use super::super::Services;
+use super::session::{begin_turn, is_stale, release_turn, update_session};
+use crate::config::MAX_TITLE_CHARS;
+use crate::domain::{Chat, ChatId, Connection, Grant, Trigger, TurnJob};
+use crate::error::{ChatError, StoreError};
+use crate::message::{Role, UIMessage};
+use crate::protocol::{ChatRequest, SendMessage, ServerFrame};
+
+/// A chat's title: its first user message, trimmed at a word boundary.
+pub fn title_from(message: &UIMessage) -> String {
+    let text = message.text();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.is_empty() {
+        return "New chat".into();
+    }
+    let mut title = String::new();
+    for word in words {
+        let extra = if title.is_empty() { 0 } else { 1 } + word.chars().count();
+        if title.chars().count() + extra > MAX_TITLE_CHARS {
+            if title.is_empty() {
+                title = word.chars().take(MAX_TITLE_CHARS - 1).collect();
+            }
+            title.push('…');
+            return title;
+        }
+        if !title.is_empty() {
+            title.push(' ');
+        }
+        title.push_str(word);
+    }
+    title
+}
+
+/// What a send does to the stored history once its turn is claimed.
+#[derive(Debug)]
+enum HistoryChange {
+    /// Append a new user message.
+    Append(UIMessage),
+    /// Replace the user message `message.id` and drop everything after it.
+    Edit(UIMessage),
+    /// Answer the user message again: drop the reply `Some(id)` and everything after it.
+    Regenerate {
+        plan: Regeneration,
+        /// The reply the request named, if it named one.
+        requested: Option<String>,
+    },
+}
+
+/// The user message a regeneration answers, and the first message it drops.
+#[derive(Debug)]
+struct Regeneration {
+    user_message: UIMessage,
+    drop_from: Option<String>,
+}
+
+impl HistoryChange {
+    fn user_message(&self) -> &UIMessage {
+        match self {
+            HistoryChange::Append(m) | HistoryChange::Edit(m) => m,
+            HistoryChange::Regenerate { plan, .. } => &plan.user_message,
+        }
+    }
+}
+
+/// onChatStart + onTurnStart: claims the turn, stores the user's message (or applies the edit
+/// or regeneration), subscribes the sender and queues the turn.
+///
+/// # Returns
+/// The `ack` frame for the sender.
+/// # Errors
+/// `forbidden` for a run-scoped token; `not_found` for someone else's chat or a message id the
+/// chat does not have; `conflict` while a reply is streaming or for a message id that was
+/// already sent (nothing of the request is stored); `bad_request` for a malformed request.
+pub async fn send_message(
+    s: &Services,
+    conn: &Connection,
+    req: &SendMessage,
+) -> Result<ServerFrame, ChatError> {
+    if conn.grant != Grant::User {
+        return Err(ChatError::Forbidden(
+            "an access token cannot send messages".into(),
+        ));
+    }
+    let now = s.now();
+    let chat_id = &req.chat_id;
+    let existing_chat = match s.store.get_chat(chat_id).await? {
+        Some(chat) if chat.owner_id == conn.owner_id => Some(chat),
+        Some(_) => return Err(ChatError::chat_not_found()),
+        None => None,
+    };
+    // Refuse early what would be refused anyway, before any write.
+    if existing_chat.is_some()
+        && let Some(session) = s.store.get_session(chat_id).await?
+        && session.streaming
+        && !session.is_over(now)
+        && !is_stale(s, &session, now)
+    {
+        return Err(ChatError::Conflict(
+            "a reply is still streaming: stop it or wait for it".into(),
+        ));
+    }
+    let change = plan_change(s, chat_id, existing_chat.is_some(), req).await?;
+
+    let mut new_chat = None;
+    if existing_chat.is_none() {
+        let message = change.user_message();
+        let chat = Chat {
+            id: chat_id.clone(),
+            owner_id: conn.owner_id.clone(),
+            title: title_from(message),
+            model: req.model.clone().unwrap_or_default(),
+            created_at: now,
+            updated_at: now,
+            message_count: 0,
+        };
+        match s.store.create_chat(&chat).await {
+            Ok(()) => new_chat = Some(chat),
+            // Made between our read and write: by this user (another tab, whose send the
+            // session step below decides against us) or by someone else.
+            Err(StoreError::Conflict(_)) => match s.store.get_chat(chat_id).await? {
+                Some(chat) if chat.owner_id == conn.owner_id => {}
+                _ => return Err(ChatError::chat_not_found()),
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let user_message_id = change.user_message().id.clone();
+    let assistant_message_id = s.ids.new_id();
+    let session = begin_turn(
+        s,
+        conn,
+        chat_id,
+        &user_message_id,
+        &assistant_message_id,
+        now,
+    )
+    .await?;
+
+    // The turn is ours: now change the history, undoing the claim if that fails.
+    if let Err(error) = apply_change(s, chat_id, &change, now).await {
+        rollback(s, &session, &assistant_message_id, None).await;
+        return Err(error);
+    }
+    if let Some(chat) = &new_chat {
+        s.hooks.on_chat_start(chat, &session).await;
+    }
+    if let Err(error) = s
+        .store
+        .subscribe(chat_id, &conn.connection_id, now, conn.expires_at)
+        .await
+    {
+        let appended = matches!(change, HistoryChange::Append(_)).then_some(&user_message_id);
+        rollback(
+            s,
+            &session,
+            &assistant_message_id,
+            appended.map(|id| (chat_id, id)),
+        )
+        .await;
+        return Err(error.into());
+    }
+    s.hooks.on_turn_start(&session, change.user_message()).await;
+
+    let job = TurnJob {
+        chat_id: chat_id.clone(),
+        run_id: session.run_id.clone(),
+        user_message_id: user_message_id.clone(),
+        assistant_message_id: assistant_message_id.clone(),
+        trigger: req.trigger,
+    };
+    if let Err(error) = s.queue.enqueue(&job).await {
+        // Without a queued job nothing would ever end this turn: release it, and take back a
+        // new message so that sending it again works.
+        let appended = matches!(change, HistoryChange::Append(_)).then_some(&user_message_id);
+        rollback(
+            s,
+            &session,
+            &assistant_message_id,
+            appended.map(|id| (chat_id, id)),
+        )
+        .await;
+        return Err(error.into());
+    }
+    Ok(ServerFrame::Ack {
+        request_id: req.request_id.clone(),
+        chat_id: chat_id.clone(),
+        run_id: session.run_id,
+        access_token: session.access_token,
+        user_message_id,
+        assistant_message_id,
+    })
+}
+
+/// Releases a claimed turn that could not go on (and removes the message it appended). A
+/// failure here is logged with everything needed to repair by hand; the stale-turn limit frees
+/// the session in any case.
+async fn rollback(
+    s: &Services,
+    session: &crate::domain::ChatSession,
+    assistant_message_id: &str,
+    appended: Option<(&ChatId, &String)>,
+) {
+    if let Some((chat_id, message_id)) = appended
+        && let Err(error) = s.store.delete_messages_from(chat_id, message_id).await
+    {
+        tracing::error!(chat_id = %chat_id, message_id, %error, "rollback: could not remove the message of a turn that did not start");
+    }
+    if let Err(error) = release_turn(s, session, assistant_message_id).await {
+        tracing::error!(chat_id = %session.chat_id, run_id = %session.run_id, assistant_message_id, %error,
+            "rollback: could not release a turn that did not start; it frees itself after the stale-turn limit");
+    }
+}
+
+/// Works out what the send will do to the history, reading only.
+async fn plan_change(
+    s: &Services,
+    chat_id: &ChatId,
+    chat_exists: bool,
+    req: &SendMessage,
+) -> Result<HistoryChange, ChatError> {
+    match req.trigger {
+        Trigger::SubmitMessage => {
+            let message = req
+                .message
+                .clone()
+                .ok_or_else(|| ChatError::BadRequest("submit-message needs a `message`".into()))?;
+            if message.role != Role::User {
+                return Err(ChatError::BadRequest(
+                    "only a user message can be sent".into(),
+                ));
+            }
+            let Some(edited_id) = req.message_id.as_deref() else {
+                return Ok(HistoryChange::Append(message));
+            };
+            if message.id != edited_id {
+                return Err(ChatError::BadRequest(
+                    "an edit's `message.id` must be its `messageId`".into(),
+                ));
+            }
+            let history = if chat_exists {
+                s.store.messages(chat_id).await?
+            } else {
+                Vec::new()
+            };
+            match history.iter().find(|m| m.id == edited_id) {
+                Some(m) if m.role == Role::User => Ok(HistoryChange::Edit(message)),
+                Some(_) => Err(ChatError::BadRequest(
+                    "only a user message can be edited".into(),
+                )),
+                None => Err(ChatError::NotFound(format!(
+                    "message {edited_id} not found"
+                ))),
+            }
+        }
+        Trigger::RegenerateMessage => {
+            if !chat_exists {
+                return Err(ChatError::chat_not_found());
+            }
+            let history = s.store.messages(chat_id).await?;
+            Ok(HistoryChange::Regenerate {
+                plan: regeneration(&history, req.message_id.as_deref())?,
+                requested: req.message_id.clone(),
+            })
+        }
+    }
+}
+
+/// The user message a regeneration answers, and the reply it replaces.
+fn regeneration(
+    history: &[UIMessage],
+    message_id: Option<&str>,
+) -> Result<Regeneration, ChatError> {
+    let target = match message_id {
+        Some(id) => Some(
+            history
+                .iter()
+                .position(|m| m.id == id)
+                .ok_or_else(|| ChatError::NotFound(format!("message {id} not found")))?,
+        ),
+        // Without an id, the last message is regenerated if it is a reply; a last user message
+        // (its turn failed) is simply answered again.
+        None => history
+            .len()
+            .checked_sub(1)
+            .filter(|&i| history[i].role == Role::Assistant),
+    };
+    let answered = match target {
+        Some(index) if history[index].role != Role::Assistant => {
+            return Err(ChatError::BadRequest(
+                "only an assistant message can be regenerated".into(),
+            ));
+        }
+        Some(index) => &history[..index],
+        None => history,
+    };
+    match answered.last() {
+        Some(m) if m.role == Role::User => Ok(Regeneration {
+            user_message: m.clone(),
+            drop_from: target.map(|i| history[i].id.clone()),
+        }),
+        _ => Err(ChatError::BadRequest(
+            "there is no user message to answer".into(),
+        )),
+    }
+}
+
+/// Applies the planned change, once the turn is claimed.
+async fn apply_change(
+    s: &Services,
+    chat_id: &ChatId,
+    change: &HistoryChange,
+    now: crate::domain::Millis,
+) -> Result<(), ChatError> {
+    let append = |message: &UIMessage| {
+        let message = message.clone();
+        async move {
+            match s.store.append_message(chat_id, &message, now).await {
+                Ok(()) => Ok(()),
+                Err(StoreError::Conflict(_)) => Err(ChatError::Conflict(format!(
+                    "message {} was already sent",
+                    message.id
+                ))),
+                Err(e) => Err(e.into()),
+            }
+        }
+    };
+    match change {
+        HistoryChange::Append(message) => append(message).await,
+        HistoryChange::Edit(message) => {
+            s.store.delete_messages_from(chat_id, &message.id).await?;
+            append(message).await
+        }
+        HistoryChange::Regenerate { plan, requested } => {
+            // The history may have moved between the plan and the claim (another tab's turn
+            // finished): regenerate only if it still answers the same user message.
+            let history = s.store.messages(chat_id).await?;
+            let now = regeneration(&history, requested.as_deref())?;
+            if now.user_message.id != plan.user_message.id {
+                return Err(ChatError::Conflict(
+                    "the chat changed; reload it and retry".into(),
+                ));
+            }
+            if let Some(id) = now.drop_from {
+                s.store.delete_messages_from(chat_id, &id).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `stop`: asks the running turn to end. run-turn sees the flag between frames, sends `abort`
+/// and `finish`, and stores exactly what was streamed. Stopping when nothing streams, or when
+/// the turn the request names (`runId`, `assistantMessageId`) is no longer the running one (a
+/// late stop), is a no-op; a run-scoped token stops only its own run.
+pub async fn stop(s: &Services, conn: &Connection, req: &ChatRequest) -> Result<(), ChatError> {
+    s.owned_chat(&conn.owner_id, &conn.grant, &req.chat_id)
+        .await?;
+    let Some(session) = s.store.get_session(&req.chat_id).await? else {
+        return Ok(());
+    };
+    let run_named = match &conn.grant {
+        Grant::Run { run_id, .. } => Some(run_id.as_str()),
+        Grant::User => None,
+    };
+    if [run_named, req.run_id.as_deref()]
+        .into_iter()
+        .flatten()
+        .any(|run_id| run_id != session.run_id)
+    {
+        return Ok(());
+    }
+    let turn_named = req.assistant_message_id.as_deref();
+    update_session(s, &req.chat_id, &session.run_id, |current| {
+        let named_turn_runs =
+            turn_named.is_none_or(|id| current.assistant_message_id.as_deref() == Some(id));
+        if !current.streaming || current.stop_requested || !named_turn_runs {
+            return false;
+        }
+        current.stop_requested = true;
+        true
+    })
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_are_trimmed_at_a_word_boundary() {
+        assert_eq!(
+            title_from(&UIMessage::user_text("m", "  Hello   there  ")),
+            "Hello there"
+        );
+        let long = "word ".repeat(40);
+        let title = title_from(&UIMessage::user_text("m", long));
+        assert!(title.ends_with("word…"), "{title}");
+        assert!(title.chars().count() <= MAX_TITLE_CHARS + 1);
+        assert_eq!(title_from(&UIMessage::user_text("m", "   ")), "New chat");
+        let one = "x".repeat(200);
+        assert_eq!(
+            title_from(&UIMessage::user_text("m", one)).chars().count(),
+            MAX_TITLE_CHARS
+        );
+    }
+
+    fn assistant(id: &str) -> UIMessage {
+        let mut m = UIMessage::user_text(id, "reply");
+        m.role = Role::Assistant;
+        m
+    }
+
+    #[test]
+    fn a_regeneration_answers_the_user_message_before_the_reply() {
+        let history = vec![
+            UIMessage::user_text("u1", "a"),
+            assistant("a1"),
+            UIMessage::user_text("u2", "b"),
+            assistant("a2"),
+        ];
+        let last = regeneration(&history, None).expect("plan");
+        assert_eq!(last.user_message.id, "u2");
+        assert_eq!(last.drop_from.as_deref(), Some("a2"));
+        let first = regeneration(&history, Some("a1")).expect("plan");
+        assert_eq!(first.user_message.id, "u1");
+        assert_eq!(first.drop_from.as_deref(), Some("a1"));
+        assert!(matches!(
+            regeneration(&history, Some("u2")),
+            Err(ChatError::BadRequest(_))
+        ));
+        assert!(matches!(
+            regeneration(&history, Some("nope")),
+            Err(ChatError::NotFound(_))
+        ));
+        // A last user message whose turn failed is answered again, dropping nothing.
+        let failed = vec![UIMessage::user_text("u1", "a")];
+        let again = regeneration(&failed, None).expect("plan");
+        assert_eq!(again.user_message.id, "u1");
+        assert_eq!(again.drop_from, None);
+    }
+}
