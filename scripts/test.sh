@@ -17,6 +17,8 @@ CHATRUN_TEST_BACKEND=aws cargo test -p chatrun-local --test conversation --test 
 echo "== the Lambda binaries under cargo lambda watch, invoked with functions/*/fixtures"
 bash scripts/lambda-watch-test.sh
 cargo build -p chatrun-local --bin chatrun
+echo "== benchmark smoke run (chatrun-bench against the debug chatrun and the floor)"
+cargo run -q -p chatrun-bench -- smoke --chatrun target/debug/chatrun
 
 echo "== web: install, type check, unit tests, build"
 (cd web && npm ci --no-audit --no-fund && npm run typecheck && npm test && npm run build)

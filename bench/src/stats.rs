@@ -1,0 +1,281 @@
+//! Figures of one target, the table that sets targets side by side with ratios, and the sanity
+//! checks of the smoke run.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::drive::{ChatOutcome, Workload};
+
+/// Everything measured of one target.
+pub struct TargetResult {
+    pub label: String,
+    pub chats: usize,
+    pub turns_done: usize,
+    pub errors: Vec<String>,
+    /// µs, sorted.
+    pub burst: Vec<u32>,
+    pub steady: Vec<u32>,
+    pub gaps: Vec<u32>,
+    pub words: Vec<usize>,
+    pub server_cpu: f64,
+    pub client_cpu: f64,
+    pub wall: Duration,
+    pub rss_idle_kb: u64,
+    pub rss_peak_kb: u64,
+}
+
+/// Nearest-rank percentile of sorted µs, in ms.
+fn pct(sorted: &[u32], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    Some(f64::from(sorted[rank.min(sorted.len()) - 1]) / 1000.0)
+}
+
+impl TargetResult {
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_outcomes(
+        label: &str,
+        work: &Workload,
+        outcomes: Vec<ChatOutcome>,
+        server_cpu: f64,
+        client_cpu: f64,
+        wall: Duration,
+        rss_idle_kb: u64,
+        rss_peak_kb: u64,
+    ) -> TargetResult {
+        let mut r = TargetResult {
+            label: label.to_owned(),
+            chats: work.chats,
+            turns_done: 0,
+            errors: Vec::new(),
+            burst: Vec::new(),
+            steady: Vec::new(),
+            gaps: Vec::new(),
+            words: Vec::new(),
+            server_cpu,
+            client_cpu,
+            wall,
+            rss_idle_kb,
+            rss_peak_kb,
+        };
+        for o in outcomes {
+            r.turns_done += o.turns_done;
+            r.burst.extend(o.burst_first_token);
+            r.steady.extend(o.steady_first_token);
+            r.gaps.extend(o.gaps);
+            r.words.extend(o.words);
+            r.errors.extend(o.error);
+        }
+        r.burst.sort_unstable();
+        r.steady.sort_unstable();
+        r.gaps.sort_unstable();
+        r
+    }
+
+    pub fn burst_ms(&self, p: f64) -> Option<f64> {
+        pct(&self.burst, p)
+    }
+
+    pub fn steady_ms(&self, p: f64) -> Option<f64> {
+        pct(&self.steady, p)
+    }
+
+    pub fn gap_ms(&self, p: f64) -> Option<f64> {
+        pct(&self.gaps, p)
+    }
+
+    /// Server CPU seconds per 1,000 turns (connections included).
+    pub fn cpu_per_1000(&self) -> Option<f64> {
+        (self.turns_done > 0).then(|| self.server_cpu / self.turns_done as f64 * 1000.0)
+    }
+
+    /// The server's peak RSS during the run above its idle RSS, per chat.
+    pub fn kb_per_stream(&self) -> Option<f64> {
+        (self.chats > 0)
+            .then(|| self.rss_peak_kb.saturating_sub(self.rss_idle_kb) as f64 / self.chats as f64)
+    }
+
+    /// What makes the figures of a smoke run not believable.
+    pub fn sanity(&self, work: &Workload) -> Vec<String> {
+        let mut problems: Vec<String> = self.errors.iter().take(3).cloned().collect();
+        let asked = work.chats * work.turns;
+        if self.turns_done != asked {
+            problems.push(format!("{} of {asked} turns completed", self.turns_done));
+        }
+        let reply = Duration::from_secs_f64(work.tokens as f64 / work.rate);
+        match (
+            self.burst_ms(50.0),
+            self.steady_ms(50.0),
+            self.steady_ms(99.0),
+        ) {
+            (Some(b), Some(s50), Some(s99)) => {
+                if !(0.0..2000.0).contains(&b) || !(0.0..1000.0).contains(&s50) || s99 < s50 {
+                    problems.push(format!(
+                        "first token: burst p50 {b} ms, steady p50 {s50} ms, p99 {s99} ms"
+                    ));
+                }
+            }
+            other => problems.push(format!("first-token figures missing: {other:?}")),
+        }
+        match self.gap_ms(50.0) {
+            Some(g) if g > 0.0 && g < reply.as_secs_f64() * 1000.0 + 500.0 => {}
+            other => problems.push(format!("inter-frame p50 {other:?} ms")),
+        }
+        match self.cpu_per_1000() {
+            Some(c) if c > 0.0 && c < 1000.0 => {}
+            other => problems.push(format!("CPU s per 1,000 turns {other:?}")),
+        }
+        match self.kb_per_stream() {
+            Some(k) if k < 100_000.0 => {}
+            other => problems.push(format!("KB per stream {other:?}")),
+        }
+        // Every reply is the fixed number of tokens, each at most one word.
+        if let Some(bad) = self
+            .words
+            .iter()
+            .find(|&&w| w == 0 || w > work.tokens || w < work.tokens / 2)
+        {
+            problems.push(format!("a reply of {bad} words for {} tokens", work.tokens));
+        }
+        problems
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v < 10.0 => format!("{v:.2} ms"),
+        Some(v) if v < 1000.0 => format!("{v:.0} ms"),
+        Some(v) => format!("{:.2} s", v / 1000.0),
+        None => "-".into(),
+    }
+}
+
+fn num(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v < 10.0 => format!("{v:.2}"),
+        Some(v) => format!("{v:.0}"),
+        None => "-".into(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            let r = a / b;
+            if r >= 10.0 {
+                format!("{r:.0}x")
+            } else {
+                format!("{r:.2}x")
+            }
+        }
+        _ => "-".into(),
+    }
+}
+
+type Metric = (
+    &'static str,
+    fn(&TargetResult) -> Option<f64>,
+    fn(Option<f64>) -> String,
+);
+
+const METRICS: &[Metric] = &[
+    ("burst first token p50", |r| r.burst_ms(50.0), ms),
+    ("burst first token p99", |r| r.burst_ms(99.0), ms),
+    ("steady first token p50", |r| r.steady_ms(50.0), ms),
+    ("steady first token p99", |r| r.steady_ms(99.0), ms),
+    ("inter-frame delay p99", |r| r.gap_ms(99.0), ms),
+    ("CPU s per 1,000 turns", TargetResult::cpu_per_1000, num),
+    ("KB RSS per stream", TargetResult::kb_per_stream, num),
+];
+
+/// One markdown table: a column per target, then each target against the floor and the Node
+/// peer against each chatrun.
+pub fn table(work: &Workload, results: &[TargetResult]) -> String {
+    let floor = results.iter().find(|r| r.label == "floor");
+    let node = results.iter().find(|r| r.label == "node");
+    let measured: Vec<&TargetResult> = results
+        .iter()
+        .filter(|r| r.label != "floor" && r.label != "node")
+        .collect();
+    let mut header = vec!["".to_owned()];
+    header.extend(results.iter().map(|r| r.label.clone()));
+    let mut ratios: Vec<(String, &TargetResult, &TargetResult)> = Vec::new();
+    if let Some(floor) = floor {
+        for r in measured.iter().chain(node.iter()) {
+            ratios.push((format!("{} / floor", r.label), r, floor));
+        }
+    }
+    if let Some(node) = node {
+        for r in &measured {
+            ratios.push((format!("node / {}", r.label), node, r));
+        }
+    }
+    header.extend(ratios.iter().map(|(name, _, _)| name.clone()));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} chats x {} turns, {} tokens per reply at {} tokens/s\n",
+        work.chats, work.turns, work.tokens, work.rate
+    );
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
+    for (name, get, show) in METRICS {
+        let mut row = vec![name.to_string()];
+        row.extend(results.iter().map(|r| show(get(r))));
+        row.extend(ratios.iter().map(|(_, a, b)| ratio(get(a), get(b))));
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    let mut row = vec!["turns done (errors)".to_owned()];
+    row.extend(
+        results
+            .iter()
+            .map(|r| format!("{} ({})", r.turns_done, r.errors.len())),
+    );
+    row.extend(ratios.iter().map(|_| String::new()));
+    let _ = writeln!(out, "| {} |", row.join(" | "));
+    let mut row = vec!["load generator CPU s / wall s".to_owned()];
+    row.extend(
+        results
+            .iter()
+            .map(|r| format!("{:.1} / {:.1}", r.client_cpu, r.wall.as_secs_f64())),
+    );
+    row.extend(ratios.iter().map(|_| String::new()));
+    let _ = writeln!(out, "| {} |", row.join(" | "));
+    for r in results {
+        for e in r.errors.iter().take(3) {
+            let _ = writeln!(out, "\n{}: {e}", r.label);
+        }
+    }
+    out
+}
+
+/// The machine, for the record: CPU, cores, memory, kernel, load at the start.
+pub fn machine() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or("?".into(), |kb| format!("{:.1} GB", kb as f64 / 1e6));
+    format!(
+        "machine: {model}, {cores} cores, {mem} RAM, Linux {}, load average {}",
+        read("/proc/sys/kernel/osrelease").trim(),
+        read("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
