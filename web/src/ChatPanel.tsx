@@ -437,6 +437,7 @@ function Conversation({
               aria-label="Stop"
               onClick={() => {
                 stopped.current = true;
+                transport.stopTurn(chatId);
                 void stop();
               }}
             >

@@ -22,7 +22,7 @@ export type ClientFrame =
       model?: string;
     }
   | { action: 'resume'; requestId?: string; chatId: string; runId?: string; lastEventId: number }
-  | { action: 'stop'; requestId?: string; chatId: string }
+  | { action: 'stop'; requestId?: string; chatId: string; runId?: string; assistantMessageId?: string }
   | { action: 'unsubscribe'; requestId?: string; chatId: string }
   | { action: 'ping'; requestId?: string };
 

@@ -85,6 +85,10 @@ interface Sink {
 
 interface ChatState {
   runId?: string;
+  /** The assistant message of the turn this page last saw begin (ack, session or `start`). */
+  assistantMessageId?: string;
+  /** The turn a `stop` was already sent for. */
+  stopSentFor?: string;
   lastApplied: number;
   held: Map<number, UIMessageChunk>;
   /** Chunks of the current (or last) turn, from its `start`. */
@@ -215,8 +219,9 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     if (state.runId !== ack.runId) {
       this.resetRun(state, ack.runId);
     }
+    state.assistantMessageId = ack.assistantMessageId;
     const stream = this.openStream(chatId, ack.assistantMessageId);
-    abortSignal?.addEventListener('abort', () => this.send({ action: 'stop', chatId }), { once: true });
+    abortSignal?.addEventListener('abort', () => this.stopTurn(chatId), { once: true });
     return stream;
   }
 
@@ -236,7 +241,27 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     }
     this.follow(chatId);
     if (!session?.streaming || !session.assistantMessageId) return null;
+    state.assistantMessageId = session.assistantMessageId;
     return this.openStream(chatId, session.assistantMessageId);
+  }
+
+  /**
+   * Asks the server to stop the turn streaming on a chat, naming it (so a stop that arrives
+   * late cannot end the next turn), once per turn. useChat's `stop()` reaches the transport
+   * only for a turn this page sent; a turn it resumed (after a refresh, from another tab) is
+   * stopped through here.
+   */
+  stopTurn(chatId: string) {
+    const state = this.state(chatId);
+    const turn = state.assistantMessageId;
+    if (turn && state.stopSentFor === turn) return;
+    state.stopSentFor = turn;
+    this.send({
+      action: 'stop',
+      chatId,
+      ...(state.runId ? { runId: state.runId } : {}),
+      ...(turn ? { assistantMessageId: turn } : {}),
+    });
   }
 
   // ---- following chats ----
@@ -579,6 +604,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     if (chunk.type === 'start') {
       state.turn = [chunk];
       state.turnOpen = true;
+      if (chunk.messageId) state.assistantMessageId = chunk.messageId;
       if (state.sink?.waitFor && chunk.messageId === state.sink.waitFor) {
         state.sink.waitFor = undefined;
       } else if (!state.sink && state.following) {

@@ -182,6 +182,25 @@ describe('the chat page', () => {
     await context.close();
   });
 
+  it('Stop also ends a reply that the page resumed after a refresh', async () => {
+    const context = await browser.newContext(desktop);
+    const page = await context.newPage();
+    await page.goto(server.base);
+    await send(page, 'Write a long story about a lighthouse keeper');
+    await partialReply(page, 4);
+    await page.reload();
+    await partialReply(page, 8);
+    await page.getByRole('button', { name: 'Stop' }).click();
+    await idle(page);
+    await sleep(1000);
+    const stored = await storedChat(page, chatIdOf(page));
+    assert.equal(stored.body.session.streaming, false, 'the server stopped the turn');
+    const kept = plain(storedText(stored.body.messages[1]));
+    assert.ok(kept.split(' ').length < 60, `stopped early (${kept.split(' ').length} words)`);
+    assert.equal(plain(await replyText(lastAssistant(page))), kept);
+    await context.close();
+  });
+
   it('copies a finished message as markdown to the clipboard', async () => {
     const context = await browser.newContext(desktop);
     await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: server.base });

@@ -162,8 +162,19 @@ describe('WebSocketChatTransport', () => {
     const { socket } = await start(t, controller.signal);
     controller.abort();
     await tick();
-    expect(socket.last('stop')).toEqual({ action: 'stop', chatId: 'c1' });
+    expect(socket.last('stop')).toEqual({ action: 'stop', chatId: 'c1', runId: 'run1', assistantMessageId: 'msg-assistant-1' });
+    t.stopTurn('c1'); // the page's Stop button as well: one stop per turn
+    await tick();
+    expect(socket.sent.filter((f) => f.action === 'stop')).toHaveLength(1);
     t.close();
+  });
+
+  it('stops a resumed turn by name (useChat does not abort a resumed stream through the transport)', async () => {
+    const t = transport({ runId: 'run1', lastEventId: 0, streaming: true, assistantMessageId: 'msg-assistant-1' });
+    await t.reconnectToStream({ chatId: 'c1' });
+    t.stopTurn('c1');
+    await tick();
+    expect(FakeSocket.all[0].last('stop')).toEqual({ action: 'stop', chatId: 'c1', runId: 'run1', assistantMessageId: 'msg-assistant-1' });
   });
 
   it('rejects a refused send with the server error', async () => {
