@@ -1,11 +1,18 @@
-# The two commands of the README: `make run` and `make test`.
-.PHONY: run test bench
+# The commands of the README: `make run` and `make test`; `make deploy` and `make destroy` for
+# AWS (infra/README.md).
+.PHONY: run test deploy destroy bench
 
 run:
 	bash scripts/run.sh
 
 test:
 	bash scripts/test.sh
+
+deploy:
+	bash infra/scripts/deploy.sh
+
+destroy:
+	bash infra/scripts/destroy.sh
 
 # The figures of BENCHMARKS.md (release build; takes several minutes).
 bench:
