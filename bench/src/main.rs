@@ -11,6 +11,8 @@
 //!   protocol) or over HTTP + SSE (the AI SDK's `useChat` transport, for the Node peer).
 //! - [`stats`]: percentiles and the table.
 //! - [`progress`]: a progress line on stderr.
+//! - [`aws_cost`]: the AWS cost of a turn, counted through proxies in front of DynamoDB Local and
+//!   moto, priced per 1,000 turns.
 //!
 //! ```text
 //! cargo build --release -p chatrun-local -p chatrun-bench
@@ -18,6 +20,7 @@
 //! target/release/chatrun-bench smoke --chatrun target/debug/chatrun
 //! ```
 
+mod aws_cost;
 mod drive;
 mod floor;
 mod progress;
@@ -87,6 +90,31 @@ enum Cmd {
         #[arg(long, default_value = "target/debug/chatrun")]
         chatrun: PathBuf,
     },
+    /// Count the AWS requests of long turns through the AWS adapters against DynamoDB Local and
+    /// moto (installed by `scripts/emulators/install.sh`) and price them per 1,000 turns, at
+    /// each frame interval (0: every token posted on its own).
+    AwsCost {
+        #[arg(long, default_value = "target/release/chatrun")]
+        chatrun: PathBuf,
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0u64, 50, 250, 1000])]
+        intervals: Vec<u64>,
+        #[arg(long, default_value_t = 500)]
+        tokens: usize,
+        /// The model's speed: run-turn is billed for the whole reply.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 3)]
+        turns: usize,
+        /// run-turn's memory (infra: `runTurnMemoryMb`).
+        #[arg(long, default_value_t = 1024.0)]
+        run_turn_mb: f64,
+        /// send-message's memory (infra).
+        #[arg(long, default_value_t = 256.0)]
+        send_message_mb: f64,
+        /// Assumed duration of one send-message invocation, in ms.
+        #[arg(long, default_value_t = 100.0)]
+        send_message_ms: f64,
+    },
     /// The floor server (started by `run`).
     Floor {
         #[arg(long)]
@@ -119,6 +147,23 @@ fn main() -> anyhow::Result<()> {
                 node_dir,
             } => run(load, targets, chatrun, node_dir).await,
             Cmd::Smoke { chatrun } => smoke(chatrun).await,
+            Cmd::AwsCost {
+                chatrun,
+                intervals,
+                tokens,
+                rate,
+                turns,
+                run_turn_mb,
+                send_message_mb,
+                send_message_ms,
+            } => {
+                let sizes = aws_cost::LambdaSizes {
+                    run_turn_mb,
+                    send_message_mb,
+                    send_message_seconds: send_message_ms / 1000.0,
+                };
+                aws_cost::run(&chatrun, &intervals, tokens, rate, turns.max(1), &sizes).await
+            }
             Cmd::Floor { .. } => unreachable!("handled above"),
         }
     })
