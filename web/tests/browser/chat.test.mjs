@@ -221,6 +221,44 @@ describe('the chat page', () => {
     await context.close();
   });
 
+  it('edits an earlier message and resends it, replacing the conversation from there, also after a refresh', async () => {
+    const context = await browser.newContext(desktop);
+    const page = await context.newPage();
+    await page.goto(server.base);
+    await send(page, 'Hello there');
+    await idle(page);
+    await send(page, 'Tell me about tide pools');
+    await idle(page);
+    const chatId = chatIdOf(page);
+    const before = (await storedChat(page, chatId)).body.messages;
+    assert.equal(before.length, 4);
+    const first = users(page).first();
+    await first.getByRole('button', { name: 'Edit message' }).click();
+    const editor = first.getByRole('textbox', { name: 'Edit message' });
+    assert.equal(await editor.inputValue(), 'Hello there');
+    assert.equal(await editor.evaluate((el) => el === document.activeElement), true);
+    await editor.fill('Explain how glaciers carve valleys');
+    await first.getByRole('button', { name: 'Save and send' }).click();
+    await page.getByRole('button', { name: 'Stop' }).waitFor();
+    assert.equal(await users(page).count(), 1, 'the later messages are gone at once');
+    await idle(page);
+    const shownReply = plain(await replyText(lastAssistant(page)));
+    const after = (await storedChat(page, chatId)).body.messages;
+    assert.deepEqual(after.map((m) => m.role), ['user', 'assistant']);
+    assert.equal(after[0].id, before[0].id, 'the same message, edited');
+    assert.equal(storedText(after[0]), 'Explain how glaciers carve valleys');
+    assert.notEqual(after[1].id, before[1].id);
+    assert.equal(shownReply, plain(storedText(after[1])));
+    // A new tab (no snapshot of this one) shows the stored, edited conversation.
+    const other = await context.newPage();
+    await other.goto(page.url());
+    await lastAssistant(other).waitFor();
+    assert.equal(await users(other).count(), 1);
+    assert.equal(await replyText(users(other).first()), 'Explain how glaciers carve valleys');
+    assert.equal(plain(await replyText(lastAssistant(other))), shownReply);
+    await context.close();
+  });
+
   it('regenerates the last reply', async () => {
     const context = await browser.newContext(desktop);
     const page = await context.newPage();
