@@ -40,6 +40,12 @@ export function App() {
       }),
     [api],
   );
+  // The app's first render has replaced the early paint from index.html: interactive now.
+  useEffect(() => {
+    document.getElementById('root')?.removeAttribute('inert');
+    performance.mark('chatrun:app-rendered');
+  }, []);
+
   // Connecting while the chat loads over HTTP saves a round trip before a running reply shows.
   // The page keeps its socket for its whole life (the transport is never closed).
   useEffect(() => transport.connectEarly(), [transport]);

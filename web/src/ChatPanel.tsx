@@ -7,7 +7,7 @@ import { CopyButton } from './CopyButton';
 import { ArrowDownIcon, ArrowUpIcon, EditIcon, RegenerateIcon, StopIcon } from './icons';
 import { Markdown } from './Markdown';
 import type { ChatView, ModelInfo, ServerFrame } from './protocol';
-import { readSnapshot, saveSnapshot } from './snapshot';
+import { readSnapshot, savePaint, saveSnapshot } from './snapshot';
 import type { SessionInfo, WebSocketChatTransport } from './transport';
 
 /** What the header shows of the open chat. */
@@ -185,6 +185,7 @@ function Conversation({
         session: sessions.get(chatId) ?? null,
         savedAt: Date.now(),
       });
+      savePaint();
     };
     const onPageHide = () => {
       pageHiding = true;

@@ -38,3 +38,33 @@ export function readSnapshot(chatId: string, now = Date.now()): Snapshot | null 
     return null;
   }
 }
+
+const PAINT_KEY = 'chatrun.paint';
+
+/**
+ * The page's markup as it is now, for index.html to put on screen before the app's JavaScript
+ * has even run (the app then renders the same chat from the snapshot above and takes over).
+ * Open dialogs and the phone's open sidebar are left out: they are not the chat.
+ */
+export function savePaint() {
+  try {
+    const root = document.getElementById('root');
+    const list = root?.querySelector<HTMLElement>('[role="log"]');
+    if (!root || !list) return;
+    const copy = root.cloneNode(true) as HTMLElement;
+    copy.querySelectorAll('dialog, .backdrop').forEach((el) => el.remove());
+    copy.querySelector('.app')?.classList.remove('sidebar-open');
+    sessionStorage.setItem(
+      PAINT_KEY,
+      JSON.stringify({
+        path: location.pathname,
+        html: copy.innerHTML,
+        savedAt: Date.now(),
+        atBottom: list.scrollHeight - list.scrollTop - list.clientHeight < 48,
+        scrollTop: list.scrollTop,
+      }),
+    );
+  } catch {
+    // Too large or storage blocked: no early paint.
+  }
+}
