@@ -94,7 +94,8 @@ export class Api {
   private async requestToken(): Promise<string> {
     const headers: Record<string, string> = {};
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
-    const response = await fetch(`${this.base}/api/session`, { method: 'POST', headers });
+    // Bounded, like every call: a reconnect that waits for a token must not wait forever.
+    const response = await fetch(`${this.base}/api/session`, { method: 'POST', headers, signal: AbortSignal.timeout(15_000) });
     if (!response.ok) throw new ApiError(response.status, 'internal', 'could not start a session');
     const body = (await response.json()) as { token: string; userId: string };
     this.token = body.token;
