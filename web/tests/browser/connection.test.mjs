@@ -122,6 +122,38 @@ describe('the connection', () => {
     await context.close();
   });
 
+  it("shows API Gateway's own error frames (no `type`) and fails the send they answer, which Retry resends", async () => {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    let failNextSend = true;
+    // Between the page and the server, as API Gateway would when send-message's function fails.
+    await page.routeWebSocket(/\/ws/, (ws) => {
+      const upstream = ws.connectToServer();
+      ws.onMessage((message) => {
+        if (failNextSend && String(message).includes('"send-message"')) {
+          failNextSend = false;
+          ws.send(JSON.stringify({ message: 'Internal server error', connectionId: 'Xy1=', requestId: 'gw-42' }));
+          return;
+        }
+        upstream.send(message);
+      });
+      upstream.onMessage((message) => ws.send(message));
+    });
+    await page.goto(server.base);
+    const started = Date.now();
+    await send(page, 'Hello there');
+    const failed = page.getByRole('alert').filter({ hasText: 'Internal server error' }).filter({ has: page.getByRole('button', { name: 'Retry' }) });
+    await failed.waitFor({ timeout: 5000 });
+    assert.ok(Date.now() - started < 5000, 'at once, not after the 10 s timeout');
+    await page.getByRole('alert').filter({ hasText: 'The server reported an error: Internal server error' }).waitFor();
+    await failed.getByRole('button', { name: 'Retry' }).click();
+    await idle(page);
+    const stored = (await storedChat(page, chatIdOf(page))).body.messages;
+    assert.deepEqual(stored.map((m) => m.role), ['user', 'assistant']);
+    assert.equal(await users(page).count(), 1);
+    await context.close();
+  });
+
   it('works over plain http on a non-local name: new chat ids and copying without secure-context APIs', async () => {
     const context = await browser.newContext();
     await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: server.base });
