@@ -115,12 +115,14 @@ describe('the chat page', () => {
     const context = await browser.newContext({ viewport: { width: 900, height: 380 } });
     const page = await context.newPage();
     await page.goto(server.base);
-    await send(page, 'Write a long story about a lighthouse keeper and the sea');
+    // A tall question, so the list overflows early in the reply and most of it streams after.
+    await send(page, ['Write a long story about a lighthouse keeper and the sea, in parts:', 'one', 'two', 'three', 'four', 'five'].join('\n'));
     const list = page.getByRole('log', { name: 'Messages' });
     await page.waitForFunction(() => {
       const el = document.querySelector('[role="log"]');
       return el && el.scrollHeight > el.clientHeight + 60;
     }, null, { timeout: 30_000 });
+    await partialReply(page, 5);
     const metrics = () =>
       list.evaluate((el) => ({ top: el.scrollTop, gap: el.scrollHeight - el.scrollTop - el.clientHeight, text: el.innerText.length }));
     // Following: the end of the reply stays in view as it grows.
