@@ -61,6 +61,10 @@ pub struct Settings {
     /// `CHAT_RETRY_BACKOFF_SECS` (2): a turn that failed for a passing reason comes back after
     /// this long, doubled for every earlier receive (capped at 30 s).
     pub retry_backoff: Duration,
+    /// `CHAT_CONTEXT_TOKENS` (16000): the model gets the most recent messages that fit this
+    /// many tokens (counted approximately, four bytes a token), so a long chat never fails
+    /// every later turn for being longer than the model's context.
+    pub context_tokens: usize,
     /// `CHAT_MANAGEMENT_SECRET`: the local gateway's `/@connections` answers callers off
     /// loopback only when they send it in the `x-chatrun-management-secret` header. Unset:
     /// loopback only.
@@ -123,6 +127,7 @@ impl Settings {
             model_stall: secs("CHAT_MODEL_STALL_SECS", 60)?,
             turn_lease: secs("CHAT_TURN_LEASE_SECS", 45)?,
             retry_backoff: secs("CHAT_RETRY_BACKOFF_SECS", 2)?,
+            context_tokens: parse_var("CHAT_CONTEXT_TOKENS", 16_000)?,
             management_secret: var("CHAT_MANAGEMENT_SECRET"),
         })
     }
@@ -141,6 +146,7 @@ impl Settings {
             model_stall: Duration::from_secs(60),
             turn_lease: Duration::from_secs(45),
             retry_backoff: Duration::from_secs(2),
+            context_tokens: 16_000,
             management_secret: None,
         }
     }

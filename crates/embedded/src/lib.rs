@@ -4,6 +4,8 @@
 //! data directory, nothing to install.
 //!
 //! # Layout
+//! - [`db`]: one SQLite file served by its own thread, with group commit: what both SQLite
+//!   adapters run on, so no SQLite work happens on the async runtime's threads.
 //! - [`store`]: `SqliteChatStore`, the `ChatStore` on one SQLite file (WAL), surviving restarts.
 //! - [`queue`]: `SqliteTurnQueue`, a durable queue with the SQS FIFO semantics run-turn relies
 //!   on: message groups, deduplication ids, visibility timeout, receive counts, dead letters.
@@ -11,6 +13,7 @@
 //!   implementing `Connections` the way API Gateway's `@connections` API behaves.
 
 pub mod connections;
+pub mod db;
 pub mod queue;
 pub mod store;
 
@@ -42,15 +45,4 @@ fn queue_error(e: rusqlite::Error) -> QueueError {
     } else {
         QueueError::Backend(e.to_string())
     }
-}
-
-/// Opens a SQLite file tuned for many small writes: WAL, `synchronous=NORMAL` (durable across
-/// process crashes; an OS crash may lose the last transactions), and a busy timeout.
-fn open_connection(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
-    let conn = rusqlite::Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", "OFF")?;
-    Ok(conn)
 }

@@ -9,10 +9,11 @@
 //! - **Dead letters**: a message received `max_receives` times moves to the dead-letter queue
 //!   on its next receive, as SQS's redrive policy does.
 //!
-//! Messages live in SQLite, so queued and in-flight turns survive a restart.
+//! Messages live in SQLite, so queued and in-flight turns survive a restart. The file is served
+//! by its own thread ([`crate::db`]). A waiting receive sleeps until a message arrives, one is
+//! deleted or made visible, or the earliest in-flight message's visibility ends: it never polls.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,12 +23,11 @@ use chatrun_core::ports::{JobVisibility, QueueName, ReceivedTurn, TurnQueue, Tur
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 
+use crate::db::{Database, DbError};
 use crate::queue_error;
 
 /// SQS's deduplication interval.
 const DEDUPLICATION_WINDOW_MS: i64 = 5 * 60 * 1000;
-/// How often a waiting receive looks again for messages whose visibility timeout has passed.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue_messages (
@@ -65,7 +65,7 @@ fn now_millis() -> Millis {
 
 /// The durable turn queue and its dead-letter queue, in one SQLite file.
 pub struct SqliteTurnQueue {
-    conn: Mutex<rusqlite::Connection>,
+    db: Database,
     visibility_timeout: Duration,
     max_receives: u32,
     arrived: Notify,
@@ -80,10 +80,9 @@ impl SqliteTurnQueue {
         visibility_timeout: Duration,
         max_receives: u32,
     ) -> Result<Self, QueueError> {
-        let conn = crate::open_connection(path.as_ref()).map_err(queue_error)?;
-        conn.execute_batch(SCHEMA).map_err(queue_error)?;
+        let db = Database::open(path.as_ref(), SCHEMA, Box::new(|| {}))?;
         Ok(SqliteTurnQueue {
-            conn: Mutex::new(conn),
+            db,
             visibility_timeout,
             max_receives: max_receives.max(1),
             arrived: Notify::new(),
@@ -91,52 +90,61 @@ impl SqliteTurnQueue {
     }
 
     /// Enqueues a raw body (what `enqueue` does with a job's JSON; tests use it for bad records).
-    pub fn send_raw(
+    pub async fn send_raw(
         &self,
         group_id: &str,
         deduplication_id: &str,
         body: &str,
     ) -> Result<(), QueueError> {
         let now = now_millis();
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| QueueError::Backend("queue lock poisoned".into()))?;
-        let tx = conn.transaction().map_err(queue_error)?;
-        tx.execute(
-            "DELETE FROM queue_deduplication WHERE expires_at <= ?1",
-            [now],
-        )
-        .map_err(queue_error)?;
-        let fresh = tx
-            .execute(
-                "INSERT INTO queue_deduplication (deduplication_id, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                params![deduplication_id, now + DEDUPLICATION_WINDOW_MS],
-            )
-            .map_err(queue_error)?;
-        if fresh == 1 {
-            tx.execute(
-                "INSERT INTO queue_messages (queue, message_id, group_id, deduplication_id, body, sent_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![queue_key(QueueName::Turns), uuid::Uuid::new_v4().to_string(), group_id, deduplication_id, body, now],
-            )
-            .map_err(queue_error)?;
-        }
-        tx.commit().map_err(queue_error)?;
-        drop(conn);
-        if fresh == 1 {
+        let (group_id, deduplication_id, body) = (
+            group_id.to_owned(),
+            deduplication_id.to_owned(),
+            body.to_owned(),
+        );
+        let fresh = self
+            .db
+            .call(move |tx| {
+                tx.execute(
+                    "DELETE FROM queue_deduplication WHERE expires_at <= ?1",
+                    [now],
+                )
+                .map_err(queue_error)?;
+                let fresh = tx
+                    .execute(
+                        "INSERT INTO queue_deduplication (deduplication_id, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                        params![deduplication_id, now + DEDUPLICATION_WINDOW_MS],
+                    )
+                    .map_err(queue_error)?;
+                if fresh == 1 {
+                    tx.execute(
+                        "INSERT INTO queue_messages (queue, message_id, group_id, deduplication_id, body, sent_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![queue_key(QueueName::Turns), uuid::Uuid::new_v4().to_string(), group_id, deduplication_id, body, now],
+                    )
+                    .map_err(queue_error)?;
+                }
+                Ok::<_, QueueError>(fresh == 1)
+            })
+            .await?;
+        if fresh {
             self.arrived.notify_waiters();
         }
         Ok(())
     }
 
-    fn try_receive(&self, queue: QueueName, max: usize) -> Result<Vec<ReceivedTurn>, QueueError> {
+    /// Hands out up to `max` visible messages, and says when the earliest message in flight
+    /// becomes visible again (what a waiting receive sleeps until).
+    async fn try_receive(
+        &self,
+        queue: QueueName,
+        max: usize,
+    ) -> Result<(Vec<ReceivedTurn>, Option<Millis>), QueueError> {
+        let visibility_timeout = self.visibility_timeout.as_millis() as i64;
+        let max_receives = self.max_receives;
+        self.db.call(move |tx| {
         let now = now_millis();
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| QueueError::Backend("queue lock poisoned".into()))?;
-        let tx = conn.transaction().map_err(queue_error)?;
         let mut batch = Vec::new();
+        let mut next_visible: Option<Millis> = None;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -181,10 +189,11 @@ impl SqliteTurnQueue {
                 }
                 if visible_at > now {
                     // In flight: the rest of its group waits.
+                    next_visible = Some(next_visible.map_or(visible_at, |at| at.min(visible_at)));
                     blocked.push(group_id);
                     continue;
                 }
-                if queue == QueueName::Turns && receive_count as u32 >= self.max_receives {
+                if queue == QueueName::Turns && receive_count as u32 >= max_receives {
                     tx.execute(
                         "UPDATE queue_messages SET queue = ?2, visible_at = 0, receive_count = 0, receipt = NULL WHERE seq = ?1",
                         params![seq, queue_key(QueueName::DeadLetters)],
@@ -195,7 +204,7 @@ impl SqliteTurnQueue {
                 let receipt = uuid::Uuid::new_v4().to_string();
                 tx.execute(
                     "UPDATE queue_messages SET visible_at = ?2, receive_count = receive_count + 1, receipt = ?3 WHERE seq = ?1",
-                    params![seq, now + self.visibility_timeout.as_millis() as i64, receipt],
+                    params![seq, now + visibility_timeout, receipt],
                 )
                 .map_err(queue_error)?;
                 batch.push(ReceivedTurn {
@@ -209,24 +218,35 @@ impl SqliteTurnQueue {
                 });
             }
         }
-        tx.commit().map_err(queue_error)?;
-        Ok(batch)
+        Ok((batch, next_visible))
+        })
+        .await
     }
 
     /// How many messages a queue holds (visible or in flight).
-    pub fn depth(&self, queue: QueueName) -> Result<u64, QueueError> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| QueueError::Backend("queue lock poisoned".into()))?;
-        conn.query_row(
-            "SELECT COUNT(*) FROM queue_messages WHERE queue = ?1",
-            [queue_key(queue)],
-            |r| r.get::<_, i64>(0),
-        )
-        .optional()
-        .map_err(queue_error)
-        .map(|n| n.unwrap_or(0) as u64)
+    pub async fn depth(&self, queue: QueueName) -> Result<u64, QueueError> {
+        self.db
+            .call(move |c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM queue_messages WHERE queue = ?1",
+                    [queue_key(queue)],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map_err(queue_error)
+                .map(|n| n.unwrap_or(0) as u64)
+            })
+            .await
+    }
+}
+
+impl From<DbError> for QueueError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Sqlite(e) => queue_error(e),
+            DbError::Commit(m) => QueueError::Transient(m),
+            DbError::Closed | DbError::Panicked => QueueError::Backend(e.to_string()),
+        }
     }
 }
 
@@ -235,6 +255,7 @@ impl TurnQueue for SqliteTurnQueue {
     async fn enqueue(&self, job: &TurnJob) -> Result<(), QueueError> {
         let body = serde_json::to_string(job).map_err(|e| QueueError::Backend(e.to_string()))?;
         self.send_raw(job.group_id(), &job.deduplication_id(), &body)
+            .await
     }
 }
 
@@ -248,10 +269,10 @@ impl TurnQueueConsumer for SqliteTurnQueue {
     ) -> Result<Vec<ReceivedTurn>, QueueError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            // Register interest before looking, so an enqueue between the look and the wait
+            // Register interest before looking, so a change between the look and the wait
             // still wakes us.
-            let arrived = self.arrived.notified();
-            let batch = self.try_receive(queue, max.max(1))?;
+            let changed = self.arrived.notified();
+            let (batch, next_visible) = self.try_receive(queue, max.max(1)).await?;
             if !batch.is_empty() {
                 return Ok(batch);
             }
@@ -259,20 +280,27 @@ impl TurnQueueConsumer for SqliteTurnQueue {
             if now >= deadline {
                 return Ok(batch);
             }
-            let _ = tokio::time::timeout(POLL_INTERVAL.min(deadline - now), arrived).await;
+            let wake = next_visible.map_or(deadline, |at| {
+                let wait_ms = (at - now_millis()).max(0) as u64;
+                deadline.min(now + Duration::from_millis(wait_ms))
+            });
+            let _ = tokio::time::timeout_at(wake, changed).await;
         }
     }
 
     async fn delete(&self, queue: QueueName, receipt_handle: &str) -> Result<(), QueueError> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| QueueError::Backend("queue lock poisoned".into()))?;
-        conn.execute(
-            "DELETE FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
-            params![queue_key(queue), receipt_handle],
-        )
-        .map_err(queue_error)?;
+        let receipt_handle = receipt_handle.to_owned();
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "DELETE FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
+                    params![queue_key(queue), receipt_handle],
+                )
+                .map_err(queue_error)
+            })
+            .await?;
+        // The next message of its group may now be handed out.
+        self.arrived.notify_waiters();
         Ok(())
     }
 
@@ -292,21 +320,18 @@ impl JobVisibility for SqliteTurnQueue {
         receipt_handle: &str,
         timeout: Duration,
     ) -> Result<(), QueueError> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| QueueError::Backend("queue lock poisoned".into()))?;
-        let changed = conn
-            .execute(
-                "UPDATE queue_messages SET visible_at = ?3 WHERE queue = ?1 AND receipt = ?2",
-                params![
-                    queue_key(queue),
-                    receipt_handle,
-                    now_millis() + timeout.as_millis() as i64
-                ],
-            )
-            .map_err(queue_error)?;
-        drop(conn);
+        let receipt_handle = receipt_handle.to_owned();
+        let visible_at = now_millis() + timeout.as_millis() as i64;
+        let changed = self
+            .db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE queue_messages SET visible_at = ?3 WHERE queue = ?1 AND receipt = ?2",
+                    params![queue_key(queue), receipt_handle, visible_at],
+                )
+                .map_err(queue_error)
+            })
+            .await?;
         if changed == 0 {
             return Err(QueueError::Backend("outdated receipt handle".into()));
         }

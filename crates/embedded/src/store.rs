@@ -1,12 +1,19 @@
 //! `SqliteChatStore`: the `ChatStore` port on one SQLite file.
 //!
-//! One connection behind a mutex: every operation is a few statements of microseconds, never
-//! held across an await, and SQLite serialises writers anyway. Messages are one row each (like
-//! DynamoDB items), sessions carry a version for conditional writes, and stream events are keyed
-//! by `(run_id, first_event_id)` so a second writer of the same frame fails.
+//! The file is served by its own thread with group commit ([`crate::db`]): no SQLite work on
+//! the async runtime's threads, and the frames of many chats share one transaction. Messages
+//! are one row each (like DynamoDB items), sessions carry a version for conditional writes,
+//! and stream events are keyed by `(run_id, first_event_id)` so a second writer of the same
+//! frame fails.
+//!
+//! Between frames run-turn reads the chat's session and subscribers. This process is the only
+//! writer of the file (exclusive locking), so the store keeps a mirror of both per chat, kept
+//! by the writer thread itself in the order of the writes: that read is a map lookup, and a stop
+//! or a new subscriber reaches the running turn at its next frame without any query.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chatrun_core::domain::{
@@ -17,6 +24,7 @@ use chatrun_core::message::UIMessage;
 use chatrun_core::ports::{ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION};
 use rusqlite::{OptionalExtension, params};
 
+use crate::db::{Database, DbError};
 use crate::store_error;
 
 const SCHEMA: &str = "
@@ -67,9 +75,47 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 CREATE INDEX IF NOT EXISTS subscriptions_by_connection ON subscriptions (connection_id, subscribed_at);
 ";
 
+/// What run-turn reads between frames, mirrored per chat.
+#[derive(Debug, Clone, Default)]
+struct ChatSignals {
+    session: Option<ChatSession>,
+    /// Subscribed connections and when each subscription expires.
+    subscribers: Vec<(String, Millis)>,
+}
+
+/// The mirror, written only on the database thread (in write order) and read anywhere.
+type Mirror = Arc<Mutex<HashMap<String, ChatSignals>>>;
+
+fn mirror_update(mirror: &Mirror, chat_id: &str, change: impl FnOnce(&mut ChatSignals)) {
+    if let Ok(mut chats) = mirror.lock()
+        && let Some(signals) = chats.get_mut(chat_id)
+    {
+        change(signals);
+    }
+}
+
+fn mirror_forget(mirror: &Mirror, chat_ids: &[String]) {
+    if let Ok(mut chats) = mirror.lock() {
+        for chat_id in chat_ids {
+            chats.remove(chat_id);
+        }
+    }
+}
+
 /// The `ChatStore` on SQLite.
 pub struct SqliteChatStore {
-    conn: Mutex<rusqlite::Connection>,
+    db: Database,
+    mirror: Mirror,
+}
+
+impl From<DbError> for StoreError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Sqlite(e) => store_error(e),
+            DbError::Commit(m) => StoreError::Transient(m),
+            DbError::Closed | DbError::Panicked => StoreError::Backend(e.to_string()),
+        }
+    }
 }
 
 fn is_constraint(e: &rusqlite::Error) -> bool {
@@ -118,23 +164,94 @@ impl SqliteChatStore {
     /// # Errors
     /// The file cannot be opened or the schema cannot be created.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let conn = crate::open_connection(path.as_ref()).map_err(store_error)?;
-        conn.execute_batch(SCHEMA).map_err(store_error)?;
-        Ok(SqliteChatStore {
-            conn: Mutex::new(conn),
-        })
+        let mirror: Mirror = Arc::default();
+        let forget_all = mirror.clone();
+        let db = Database::open(
+            path.as_ref(),
+            SCHEMA,
+            Box::new(move || {
+                if let Ok(mut chats) = forget_all.lock() {
+                    chats.clear();
+                }
+            }),
+        )?;
+        Ok(SqliteChatStore { db, mirror })
     }
 
-    fn with<T>(
+    /// Runs `operation` on the database thread.
+    async fn with<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError>,
+        operation: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| StoreError::Backend("store lock poisoned".into()))?;
-        f(&mut conn)
+        self.db.call(operation).await
     }
+
+    /// The chat's mirrored session and subscribers, loaded on the database thread on a miss.
+    async fn signals(&self, chat_id: &ChatId) -> Result<ChatSignals, StoreError> {
+        if let Some(signals) = self
+            .mirror
+            .lock()
+            .ok()
+            .and_then(|chats| chats.get(chat_id.as_str()).cloned())
+        {
+            return Ok(signals);
+        }
+        let mirror = self.mirror.clone();
+        let chat_id = chat_id.as_str().to_owned();
+        self.with(move |c| {
+            let signals = ChatSignals {
+                session: read_session(c, &chat_id)?,
+                subscribers: read_subscribers(c, &chat_id)?,
+            };
+            if let Ok(mut chats) = mirror.lock() {
+                chats.insert(chat_id, signals.clone());
+            }
+            Ok(signals)
+        })
+        .await
+    }
+}
+
+fn read_session(
+    c: &rusqlite::Connection,
+    chat_id: &str,
+) -> Result<Option<ChatSession>, StoreError> {
+    let row: Option<(i64, String)> = c
+        .prepare_cached("SELECT version, session FROM sessions WHERE chat_id = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row([chat_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(store_error)?;
+    row.map(|(version, text)| {
+        let mut session: ChatSession = from_json(&text)?;
+        session.version = version as u64;
+        Ok(session)
+    })
+    .transpose()
+}
+
+fn read_subscribers(
+    c: &rusqlite::Connection,
+    chat_id: &str,
+) -> Result<Vec<(String, Millis)>, StoreError> {
+    let mut stmt = c
+        .prepare_cached("SELECT connection_id, expires_at FROM subscriptions WHERE chat_id = ?1")
+        .map_err(store_error)?;
+    let rows = stmt
+        .query_map([chat_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(store_error)?
+        .collect::<Result<_, _>>()
+        .map_err(store_error)?;
+    Ok(rows)
+}
+
+fn live(subscribers: &[(String, Millis)], now: Millis) -> Vec<String> {
+    subscribers
+        .iter()
+        .filter(|(_, expires_at)| *expires_at > now)
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 fn encode_cursor(updated_at: Millis, id: &str) -> String {
@@ -153,7 +270,8 @@ fn decode_cursor(cursor: &str) -> Result<(Millis, String), StoreError> {
 #[async_trait]
 impl ChatStore for SqliteChatStore {
     async fn create_chat(&self, chat: &Chat) -> Result<(), StoreError> {
-        self.with(|c| {
+        let chat = chat.clone();
+        self.with(move |c| {
             c.execute(
                 "INSERT INTO chats (id, owner_id, title, model, created_at, updated_at, message_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
                 params![chat.id.as_str(), chat.owner_id, chat.title, chat.model, chat.created_at, chat.updated_at],
@@ -161,20 +279,19 @@ impl ChatStore for SqliteChatStore {
             .map_err(|e| if is_constraint(&e) { StoreError::Conflict(format!("chat {} exists", chat.id)) } else { store_error(e) })?;
             Ok(())
         })
+        .await
     }
 
     async fn get_chat(&self, chat_id: &ChatId) -> Result<Option<Chat>, StoreError> {
-        self.with(|c| {
+        let chat_id = chat_id.clone();
+        self.with(move |c| {
             let raw = c
-                .query_row(
-                    &format!("SELECT {CHAT_COLUMNS} FROM chats WHERE id = ?1"),
-                    [chat_id.as_str()],
-                    chat_from_row,
-                )
-                .optional()
+                .prepare_cached(&format!("SELECT {CHAT_COLUMNS} FROM chats WHERE id = ?1"))
+                .and_then(|mut stmt| stmt.query_row([chat_id.as_str()], chat_from_row).optional())
                 .map_err(store_error)?;
             raw.map(into_chat).transpose()
         })
+        .await
     }
 
     async fn list_chats(
@@ -184,7 +301,8 @@ impl ChatStore for SqliteChatStore {
         limit: usize,
     ) -> Result<ChatPage, StoreError> {
         let after = cursor.map(decode_cursor).transpose()?;
-        self.with(|c| {
+        let owner_id = owner_id.to_owned();
+        self.with(move |c| {
             let limit = limit.max(1);
             let rows: Vec<_> = match &after {
                 None => {
@@ -219,6 +337,7 @@ impl ChatStore for SqliteChatStore {
             };
             Ok(ChatPage { chats: chats.iter().map(ChatSummary::from).collect(), next_cursor })
         })
+        .await
     }
 
     async fn rename_chat(
@@ -227,7 +346,9 @@ impl ChatStore for SqliteChatStore {
         title: &str,
         now: Millis,
     ) -> Result<Chat, StoreError> {
-        self.with(|c| {
+        let chat_id = chat_id.clone();
+        let title = title.to_owned();
+        self.with(move |c| {
             let changed = c
                 .execute(
                     "UPDATE chats SET title = ?2, updated_at = ?3 WHERE id = ?1",
@@ -246,23 +367,16 @@ impl ChatStore for SqliteChatStore {
                 .map_err(store_error)?;
             into_chat(raw)
         })
+        .await
     }
 
     async fn delete_chat(&self, chat_id: &ChatId) -> Result<(), StoreError> {
-        self.with(|c| {
-            let tx = c.transaction().map_err(store_error)?;
-            let run: Option<String> = tx
-                .query_row(
-                    "SELECT session FROM sessions WHERE chat_id = ?1",
-                    [chat_id.as_str()],
-                    |r| r.get::<_, String>(0),
-                )
-                .optional()
-                .map_err(store_error)?
-                .and_then(|s| serde_json::from_str::<ChatSession>(&s).ok())
-                .map(|s| s.run_id);
+        let chat_id = chat_id.as_str().to_owned();
+        let mirror = self.mirror.clone();
+        self.with(move |c| {
+            let run = read_session(c, &chat_id)?.map(|s| s.run_id);
             if let Some(run) = run {
-                tx.execute("DELETE FROM events WHERE run_id = ?1", [run])
+                c.execute("DELETE FROM events WHERE run_id = ?1", [run])
                     .map_err(store_error)?;
             }
             for table in [
@@ -271,11 +385,13 @@ impl ChatStore for SqliteChatStore {
                 "sessions WHERE chat_id",
                 "subscriptions WHERE chat_id",
             ] {
-                tx.execute(&format!("DELETE FROM {table} = ?1"), [chat_id.as_str()])
+                c.execute(&format!("DELETE FROM {table} = ?1"), [chat_id.as_str()])
                     .map_err(store_error)?;
             }
-            tx.commit().map_err(store_error)
+            mirror_forget(&mirror, &[chat_id]);
+            Ok(())
         })
+        .await
     }
 
     async fn append_message(
@@ -285,9 +401,10 @@ impl ChatStore for SqliteChatStore {
         now: Millis,
     ) -> Result<(), StoreError> {
         let body = to_json(message)?;
-        self.with(|c| {
-            let tx = c.transaction().map_err(store_error)?;
-            let changed = tx
+        let chat_id = chat_id.clone();
+        let message_id = message.id.clone();
+        self.with(move |c| {
+            let changed = c
                 .execute(
                     "UPDATE chats SET updated_at = ?2, message_count = message_count + 1 WHERE id = ?1",
                     params![chat_id.as_str(), now],
@@ -296,34 +413,40 @@ impl ChatStore for SqliteChatStore {
             if changed == 0 {
                 return Err(StoreError::NotFound(format!("chat {chat_id}")));
             }
-            tx.execute(
+            c.execute(
                 "INSERT INTO messages (chat_id, seq, id, message, created_at)
                  VALUES (?1, (SELECT COALESCE(MAX(seq), -1) + 1 FROM messages WHERE chat_id = ?1), ?2, ?3, ?4)",
-                params![chat_id.as_str(), message.id, body, now],
+                params![chat_id.as_str(), message_id, body, now],
             )
             .map_err(|e| {
                 if is_constraint(&e) {
-                    StoreError::Conflict(format!("message {} exists", message.id))
+                    StoreError::Conflict(format!("message {message_id} exists"))
                 } else {
                     store_error(e)
                 }
             })?;
-            tx.commit().map_err(store_error)
+            Ok(())
         })
+        .await
     }
 
     async fn messages(&self, chat_id: &ChatId) -> Result<Vec<UIMessage>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c
-                .prepare_cached("SELECT message FROM messages WHERE chat_id = ?1 ORDER BY seq")
-                .map_err(store_error)?;
-            let rows: Vec<String> = stmt
-                .query_map([chat_id.as_str()], |r| r.get(0))
-                .map_err(store_error)?
-                .collect::<Result<_, _>>()
-                .map_err(store_error)?;
-            rows.iter().map(|r| from_json(r)).collect()
-        })
+        let chat_id = chat_id.clone();
+        let rows: Vec<String> = self
+            .with(move |c| {
+                let mut stmt = c
+                    .prepare_cached("SELECT message FROM messages WHERE chat_id = ?1 ORDER BY seq")
+                    .map_err(store_error)?;
+                let rows = stmt
+                    .query_map([chat_id.as_str()], |r| r.get(0))
+                    .map_err(store_error)?
+                    .collect::<Result<_, _>>()
+                    .map_err(store_error)?;
+                Ok(rows)
+            })
+            .await?;
+        // Decoding is the caller's work, off the database thread.
+        rows.iter().map(|r| from_json(r)).collect()
     }
 
     async fn delete_messages_from(
@@ -331,9 +454,10 @@ impl ChatStore for SqliteChatStore {
         chat_id: &ChatId,
         message_id: &str,
     ) -> Result<u64, StoreError> {
-        self.with(|c| {
-            let tx = c.transaction().map_err(store_error)?;
-            let seq: Option<i64> = tx
+        let chat_id = chat_id.clone();
+        let message_id = message_id.to_owned();
+        self.with(move |c| {
+            let seq: Option<i64> = c
                 .query_row(
                     "SELECT seq FROM messages WHERE chat_id = ?1 AND id = ?2",
                     params![chat_id.as_str(), message_id],
@@ -342,39 +466,24 @@ impl ChatStore for SqliteChatStore {
                 .optional()
                 .map_err(store_error)?;
             let seq = seq.ok_or_else(|| StoreError::NotFound(format!("message {message_id}")))?;
-            let deleted = tx
+            let deleted = c
                 .execute(
                     "DELETE FROM messages WHERE chat_id = ?1 AND seq >= ?2",
                     params![chat_id.as_str(), seq],
                 )
                 .map_err(store_error)?;
-            tx.execute(
+            c.execute(
                 "UPDATE chats SET message_count = MAX(message_count - ?2, 0) WHERE id = ?1",
                 params![chat_id.as_str(), deleted as i64],
             )
             .map_err(store_error)?;
-            tx.commit().map_err(store_error)?;
             Ok(deleted as u64)
         })
+        .await
     }
 
     async fn get_session(&self, chat_id: &ChatId) -> Result<Option<ChatSession>, StoreError> {
-        self.with(|c| {
-            let row: Option<(i64, String)> = c
-                .query_row(
-                    "SELECT version, session FROM sessions WHERE chat_id = ?1",
-                    [chat_id.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(store_error)?;
-            row.map(|(version, text)| {
-                let mut session: ChatSession = from_json(&text)?;
-                session.version = version as u64;
-                Ok(session)
-            })
-            .transpose()
-        })
+        Ok(self.signals(chat_id).await?.session)
     }
 
     async fn put_session(
@@ -385,8 +494,9 @@ impl ChatStore for SqliteChatStore {
         let mut stored = session.clone();
         stored.version = expected_version.map_or(1, |v| v + 1);
         let body = to_json(&stored)?;
-        let chat_id = session.chat_id.as_str();
-        self.with(|c| {
+        let mirror = self.mirror.clone();
+        self.with(move |c| {
+            let chat_id = stored.chat_id.as_str();
             let written = match expected_version {
                 None => c
                     .execute(
@@ -404,8 +514,10 @@ impl ChatStore for SqliteChatStore {
             if written == 0 {
                 return Err(StoreError::Conflict(format!("session of {chat_id} changed")));
             }
+            mirror_update(&mirror, chat_id, |signals| signals.session = Some(stored.clone()));
             Ok(stored)
         })
+        .await
     }
 
     async fn append_event(&self, event: &StreamEvent) -> Result<(), StoreError> {
@@ -414,29 +526,29 @@ impl ChatStore for SqliteChatStore {
                 "an event needs at least one chunk".into(),
             ));
         }
+        // Encoded here, on the caller's thread: the database thread only writes.
         let chunks = to_json(&event.chunks)?;
-        self.with(|c| {
+        let run_id = event.run_id.clone();
+        let first = event.first_event_id;
+        let last = event.last_event_id();
+        let expires_at = event.expires_at;
+        self.with(move |c| {
             c.prepare_cached(
                 "INSERT INTO events (run_id, first_event_id, last_event_id, chunks, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .and_then(|mut stmt| {
-                stmt.execute(params![
-                    event.run_id,
-                    event.first_event_id as i64,
-                    event.last_event_id() as i64,
-                    chunks,
-                    event.expires_at
-                ])
+                stmt.execute(params![run_id, first as i64, last as i64, chunks, expires_at])
             })
             .map_err(|e| {
                 if is_constraint(&e) {
-                    StoreError::Conflict(format!("event {} of run {} exists", event.first_event_id, event.run_id))
+                    StoreError::Conflict(format!("event {first} of run {run_id} exists"))
                 } else {
                     store_error(e)
                 }
             })?;
             Ok(())
         })
+        .await
     }
 
     async fn events_after(
@@ -445,33 +557,40 @@ impl ChatStore for SqliteChatStore {
         after_event_id: u64,
         now: Millis,
     ) -> Result<Vec<StreamEvent>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT first_event_id, chunks, expires_at FROM events
-                     WHERE run_id = ?1 AND last_event_id > ?2 AND expires_at > ?3 ORDER BY first_event_id",
-                )
-                .map_err(store_error)?;
-            let rows: Vec<(i64, String, i64)> = stmt
-                .query_map(params![run_id, after_event_id as i64, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map_err(store_error)?
-                .collect::<Result<_, _>>()
-                .map_err(store_error)?;
-            rows.into_iter()
-                .map(|(first, chunks, expires_at)| {
-                    Ok(StreamEvent {
-                        run_id: run_id.to_owned(),
-                        first_event_id: first as u64,
-                        chunks: from_json(&chunks)?,
-                        expires_at,
+        let run = run_id.to_owned();
+        let rows: Vec<(i64, String, i64)> = self
+            .with(move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT first_event_id, chunks, expires_at FROM events
+                         WHERE run_id = ?1 AND last_event_id > ?2 AND expires_at > ?3 ORDER BY first_event_id",
+                    )
+                    .map_err(store_error)?;
+                let rows = stmt
+                    .query_map(params![run, after_event_id as i64, now], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })
+                    .map_err(store_error)?
+                    .collect::<Result<_, _>>()
+                    .map_err(store_error)?;
+                Ok(rows)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(first, chunks, expires_at)| {
+                Ok(StreamEvent {
+                    run_id: run_id.to_owned(),
+                    first_event_id: first as u64,
+                    chunks: from_json(&chunks)?,
+                    expires_at,
                 })
-                .collect()
-        })
+            })
+            .collect()
     }
 
     async fn last_event_id(&self, run_id: &str, now: Millis) -> Result<u64, StoreError> {
-        self.with(|c| {
+        let run_id = run_id.to_owned();
+        self.with(move |c| {
             let last: Option<i64> = c
                 .query_row(
                     "SELECT MAX(last_event_id) FROM events WHERE run_id = ?1 AND expires_at > ?2",
@@ -481,18 +600,22 @@ impl ChatStore for SqliteChatStore {
                 .map_err(store_error)?;
             Ok(last.unwrap_or(0) as u64)
         })
+        .await
     }
 
     async fn put_connection(&self, connection: &Connection) -> Result<(), StoreError> {
         let body = to_json(connection)?;
-        self.with(|c| {
+        let id = connection.connection_id.clone();
+        let expires_at = connection.expires_at;
+        self.with(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO connections (id, connection, expires_at) VALUES (?1, ?2, ?3)",
-                params![connection.connection_id, body, connection.expires_at],
+                params![id, body, expires_at],
             )
             .map_err(store_error)?;
             Ok(())
         })
+        .await
     }
 
     async fn get_connection(
@@ -500,32 +623,42 @@ impl ChatStore for SqliteChatStore {
         connection_id: &str,
         now: Millis,
     ) -> Result<Option<Connection>, StoreError> {
-        self.with(|c| {
-            let text: Option<String> = c
-                .prepare_cached(
+        let connection_id = connection_id.to_owned();
+        let text: Option<String> = self
+            .with(move |c| {
+                c.prepare_cached(
                     "SELECT connection FROM connections WHERE id = ?1 AND expires_at > ?2",
                 )
                 .and_then(|mut stmt| {
                     stmt.query_row(params![connection_id, now], |r| r.get(0))
                         .optional()
                 })
-                .map_err(store_error)?;
-            text.map(|t| from_json(&t)).transpose()
-        })
+                .map_err(store_error)
+            })
+            .await?;
+        text.map(|t| from_json(&t)).transpose()
     }
 
     async fn delete_connection(&self, connection_id: &str) -> Result<(), StoreError> {
-        self.with(|c| {
-            let tx = c.transaction().map_err(store_error)?;
-            tx.execute("DELETE FROM connections WHERE id = ?1", [connection_id])
+        let connection_id = connection_id.to_owned();
+        let mirror = self.mirror.clone();
+        self.with(move |c| {
+            let chats = chats_of(c, &connection_id)?;
+            c.execute("DELETE FROM connections WHERE id = ?1", [&connection_id])
                 .map_err(store_error)?;
-            tx.execute(
+            c.execute(
                 "DELETE FROM subscriptions WHERE connection_id = ?1",
-                [connection_id],
+                [&connection_id],
             )
             .map_err(store_error)?;
-            tx.commit().map_err(store_error)
+            for chat_id in chats {
+                mirror_update(&mirror, &chat_id, |signals| {
+                    signals.subscribers.retain(|(id, _)| *id != connection_id)
+                });
+            }
+            Ok(())
         })
+        .await
     }
 
     async fn subscribe(
@@ -535,49 +668,89 @@ impl ChatStore for SqliteChatStore {
         now: Millis,
         expires_at: Millis,
     ) -> Result<(), StoreError> {
-        self.with(|c| {
-            let tx = c.transaction().map_err(store_error)?;
-            tx.execute(
+        let chat_id = chat_id.as_str().to_owned();
+        let connection_id = connection_id.to_owned();
+        let mirror = self.mirror.clone();
+        self.with(move |c| {
+            c.execute(
                 "INSERT INTO subscriptions (chat_id, connection_id, subscribed_at, expires_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (chat_id, connection_id) DO UPDATE SET subscribed_at = excluded.subscribed_at, expires_at = excluded.expires_at",
-                params![chat_id.as_str(), connection_id, now, expires_at],
+                params![chat_id, connection_id, now, expires_at],
             )
             .map_err(store_error)?;
             // Keep the newest MAX subscriptions of the connection; ties broken by rowid (order of
             // subscribing), so the oldest goes first.
-            tx.execute(
-                "DELETE FROM subscriptions WHERE connection_id = ?1 AND rowid NOT IN (
-                     SELECT rowid FROM subscriptions WHERE connection_id = ?1
-                     ORDER BY subscribed_at DESC, rowid DESC LIMIT ?2)",
-                params![connection_id, MAX_SUBSCRIPTIONS_PER_CONNECTION as i64],
-            )
-            .map_err(store_error)?;
-            tx.commit().map_err(store_error)
-        })
-    }
-
-    async fn unsubscribe(&self, chat_id: &ChatId, connection_id: &str) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM subscriptions WHERE chat_id = ?1 AND connection_id = ?2",
-                params![chat_id.as_str(), connection_id],
-            )
-            .map_err(store_error)?;
-            Ok(())
-        })
-    }
-
-    async fn subscribers(&self, chat_id: &ChatId, now: Millis) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
             let mut stmt = c
-                .prepare_cached("SELECT connection_id FROM subscriptions WHERE chat_id = ?1 AND expires_at > ?2")
+                .prepare_cached(
+                    "DELETE FROM subscriptions WHERE connection_id = ?1 AND rowid NOT IN (
+                         SELECT rowid FROM subscriptions WHERE connection_id = ?1
+                         ORDER BY subscribed_at DESC, rowid DESC LIMIT ?2)
+                     RETURNING chat_id",
+                )
                 .map_err(store_error)?;
-            let ids = stmt
-                .query_map(params![chat_id.as_str(), now], |r| r.get(0))
+            let dropped: Vec<String> = stmt
+                .query_map(
+                    params![connection_id, MAX_SUBSCRIPTIONS_PER_CONNECTION as i64],
+                    |r| r.get(0),
+                )
                 .map_err(store_error)?
                 .collect::<Result<_, _>>()
                 .map_err(store_error)?;
-            Ok(ids)
+            for dropped_chat in &dropped {
+                mirror_update(&mirror, dropped_chat, |signals| {
+                    signals.subscribers.retain(|(id, _)| *id != connection_id)
+                });
+            }
+            mirror_update(&mirror, &chat_id, |signals| {
+                signals.subscribers.retain(|(id, _)| *id != connection_id);
+                signals.subscribers.push((connection_id.clone(), expires_at));
+            });
+            Ok(())
         })
+        .await
     }
+
+    async fn unsubscribe(&self, chat_id: &ChatId, connection_id: &str) -> Result<(), StoreError> {
+        let chat_id = chat_id.as_str().to_owned();
+        let connection_id = connection_id.to_owned();
+        let mirror = self.mirror.clone();
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM subscriptions WHERE chat_id = ?1 AND connection_id = ?2",
+                params![chat_id, connection_id],
+            )
+            .map_err(store_error)?;
+            mirror_update(&mirror, &chat_id, |signals| {
+                signals.subscribers.retain(|(id, _)| *id != connection_id)
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    async fn subscribers(&self, chat_id: &ChatId, now: Millis) -> Result<Vec<String>, StoreError> {
+        Ok(live(&self.signals(chat_id).await?.subscribers, now))
+    }
+
+    async fn session_and_subscribers(
+        &self,
+        chat_id: &ChatId,
+        now: Millis,
+    ) -> Result<(Option<ChatSession>, Vec<String>), StoreError> {
+        let signals = self.signals(chat_id).await?;
+        Ok((signals.session, live(&signals.subscribers, now)))
+    }
+}
+
+/// The chats a connection is subscribed to.
+fn chats_of(c: &rusqlite::Connection, connection_id: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c
+        .prepare_cached("SELECT chat_id FROM subscriptions WHERE connection_id = ?1")
+        .map_err(store_error)?;
+    let rows = stmt
+        .query_map([connection_id], |r| r.get(0))
+        .map_err(store_error)?
+        .collect::<Result<_, _>>()
+        .map_err(store_error)?;
+    Ok(rows)
 }

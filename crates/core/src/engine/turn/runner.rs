@@ -125,6 +125,7 @@ pub async fn run_turn(
     if let Some(pos) = history.iter().position(|m| m.id == job.user_message_id) {
         history.truncate(pos + 1);
     }
+    let history = fit_context(history, s.settings.context_tokens);
 
     let model_id = if model.models().iter().any(|m| m.id == chat.model) {
         chat.model.clone()
@@ -367,6 +368,28 @@ pub async fn fail_turn(s: &Services, job: &TurnJob) -> Result<TurnOutcome, ChatE
     .await
 }
 
+/// About how many tokens a message costs a model: four bytes of text a token, plus a few for
+/// its framing.
+fn approximate_tokens(message: &UIMessage) -> usize {
+    message.text().len().div_ceil(4) + 4
+}
+
+/// The most recent messages that fit `budget` tokens, oldest first. The last message (the one
+/// being answered) is always kept; an older one is dropped whole, never cut.
+fn fit_context(mut history: Vec<UIMessage>, budget: usize) -> Vec<UIMessage> {
+    let mut used = 0;
+    let mut keep_from = history.len();
+    for (index, message) in history.iter().enumerate().rev() {
+        used += approximate_tokens(message);
+        if used > budget && keep_from < history.len() {
+            break;
+        }
+        keep_from = index;
+    }
+    history.drain(..keep_from);
+    history
+}
+
 /// Cuts a reply too large to store to its first [`TRUNCATED_REPLY_BYTES`] of text, saying so.
 fn truncated(message: &UIMessage) -> UIMessage {
     let mut text = message.text();
@@ -443,4 +466,35 @@ async fn complete(
         .await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_gets_the_newest_messages_that_fit_the_budget() {
+        let history: Vec<UIMessage> = (0..10)
+            .map(|i| UIMessage::user_text(format!("m{i}"), "x".repeat(400)))
+            .collect();
+        // 104 tokens a message: a budget of 350 holds three.
+        let kept = fit_context(history.clone(), 350);
+        let ids: Vec<&str> = kept.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["m7", "m8", "m9"]);
+        assert_eq!(fit_context(history.clone(), 100_000).len(), 10);
+        // The message being answered stays even when it alone is over the budget.
+        let kept = fit_context(history, 10);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].id, "m9");
+    }
+
+    #[test]
+    fn a_reply_too_large_to_store_is_cut_on_a_character_boundary_and_says_so() {
+        let mut reply = UIMessage::user_text("a1", "é".repeat(TRUNCATED_REPLY_BYTES));
+        reply.role = crate::message::Role::Assistant;
+        let short = truncated(&reply);
+        assert_eq!(short.role, crate::message::Role::Assistant);
+        assert!(short.text().len() < TRUNCATED_REPLY_BYTES + 100);
+        assert!(short.text().ends_with("cut here.]"));
+    }
 }

@@ -214,3 +214,124 @@ pub async fn finish_turn(
     .await?;
     Ok(session.filter(|_| changed))
 }
+
+#[cfg(all(test, feature = "test-util"))]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::domain::{Grant, Trigger};
+    use crate::ports::Clock;
+    use crate::testkit::memory::services;
+
+    fn connection() -> Connection {
+        Connection {
+            connection_id: "c1".into(),
+            owner_id: "user-1".into(),
+            grant: Grant::User,
+            connected_at: 0,
+            expires_at: i64::MAX,
+        }
+    }
+
+    fn job(session: &ChatSession) -> TurnJob {
+        TurnJob {
+            chat_id: session.chat_id.clone(),
+            run_id: session.run_id.clone(),
+            user_message_id: "u1".into(),
+            assistant_message_id: session.assistant_message_id.clone().unwrap_or_default(),
+            trigger: Trigger::SubmitMessage,
+        }
+    }
+
+    #[tokio::test]
+    async fn of_two_turns_begun_at_once_one_wins_and_the_other_conflicts() {
+        let t = services(Settings::with_secret("s".repeat(32)));
+        let chat = ChatId::parse("chat-1").unwrap();
+        let now = t.clock.now();
+        let (first, second) = (connection(), connection());
+        let (a, b) = tokio::join!(
+            begin_turn(&t.services, &first, &chat, "u1", "a1", now),
+            begin_turn(&t.services, &second, &chat, "u2", "a2", now),
+        );
+        assert!(a.is_ok() ^ b.is_ok(), "exactly one wins: {a:?} / {b:?}");
+        assert!(matches!(a.err().or(b.err()), Some(ChatError::Conflict(_))));
+    }
+
+    #[tokio::test]
+    async fn a_stale_turn_gives_way_to_a_new_session() {
+        let t = services(Settings::with_secret("s".repeat(32)));
+        let chat = ChatId::parse("chat-1").unwrap();
+        let first = begin_turn(&t.services, &connection(), &chat, "u1", "a1", t.clock.now())
+            .await
+            .unwrap();
+        assert!(claim(&t.services, &job(&first)).await.unwrap().is_some());
+        // Past the stale limit the worker is presumed gone: a new send starts a new run.
+        t.clock.advance(961_000);
+        let second = begin_turn(&t.services, &connection(), &chat, "u2", "a2", t.clock.now())
+            .await
+            .unwrap();
+        assert_ne!(second.run_id, first.run_id);
+        // The stale worker can no longer claim or finish its turn.
+        assert!(claim(&t.services, &job(&first)).await.unwrap().is_none());
+        let finished = finish_turn(&t.services, &job(&first), "user-1", 9, None, t.clock.now())
+            .await
+            .unwrap();
+        assert!(finished.is_none());
+    }
+
+    #[tokio::test]
+    async fn finishing_a_turn_counts_it_and_ends_the_session_at_max_turns() {
+        let mut settings = Settings::with_secret("s".repeat(32));
+        settings.max_turns = 1;
+        let t = services(settings);
+        let chat = ChatId::parse("chat-1").unwrap();
+        let session = begin_turn(&t.services, &connection(), &chat, "u1", "a1", t.clock.now())
+            .await
+            .unwrap();
+        let done = finish_turn(
+            &t.services,
+            &job(&session),
+            "user-1",
+            12,
+            None,
+            t.clock.now(),
+        )
+        .await
+        .unwrap()
+        .expect("finished");
+        assert!(!done.streaming);
+        assert_eq!((done.turns, done.last_event_id), (1, 12));
+        assert_eq!(done.status, SessionStatus::Ended);
+        assert_eq!(done.ended_reason, Some(EndedReason::MaxTurns));
+        assert_ne!(
+            done.access_token, session.access_token,
+            "a fresh access token"
+        );
+        // A second finish of the same turn (a redelivery) changes nothing.
+        let again = finish_turn(
+            &t.services,
+            &job(&session),
+            "user-1",
+            12,
+            None,
+            t.clock.now(),
+        )
+        .await
+        .unwrap();
+        assert!(again.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_released_turn_lets_the_user_send_again() {
+        let t = services(Settings::with_secret("s".repeat(32)));
+        let chat = ChatId::parse("chat-1").unwrap();
+        let session = begin_turn(&t.services, &connection(), &chat, "u1", "a1", t.clock.now())
+            .await
+            .unwrap();
+        release_turn(&t.services, &session, "a1").await.unwrap();
+        let next = begin_turn(&t.services, &connection(), &chat, "u2", "a2", t.clock.now())
+            .await
+            .unwrap();
+        assert_eq!(next.run_id, session.run_id, "the same session goes on");
+    }
+}
