@@ -7,12 +7,22 @@
 //! | message id marker | `CHAT#{chatId}` | `MSGID#{messageId}` (makes a message id unique) |
 //! | ChatSession | `CHAT#{chatId}` | `SESSION` |
 //! | Subscription | `CHAT#{chatId}` | `SUB#{connectionId}` |
+//! | its twin, on the connection | `CONN#{connectionId}` | `SUB#{chatId}` (`subscribedAt`) |
+//! | run marker (every run the chat had) | `CHAT#{chatId}` | `RUN#{runId}` |
 //! | StreamEvent | `RUN#{runId}` | `EVT#{firstEventId:012}` |
-//! | Connection | `CONN#{connectionId}` | `CONN` (with its subscriptions, oldest first) |
+//! | Connection | `CONN#{connectionId}` | `CONN` |
 //!
 //! Messages are one item each so a long chat never meets the 400 KB item limit; the history is
 //! one paginated Query. Writes that must happen once are conditional. `expiresAt` (epoch seconds)
 //! drives DynamoDB's TTL, which deletes late: reads compare `expiresAtMs` with the clock.
+//!
+//! A subscription is two items written in one transaction: the chat's (what run-turn reads to
+//! fan out) and its twin in the connection's partition (what the per-connection limit and
+//! `$disconnect` read). No list is read, changed and written back, so two subscribes at once
+//! cannot lose one. Every session write also records its run in the chat's partition, so
+//! deleting a chat finds and deletes the events of all its runs, not only the current one.
+//!
+//! Key shapes and attribute names live in [`keys`] and [`attr`], nowhere else.
 
 use std::collections::HashMap;
 
@@ -39,6 +49,153 @@ const SESSION_GRACE_MS: i64 = 24 * 3600 * 1000;
 
 type Item = HashMap<String, AttributeValue>;
 
+/// Every key of the table, built from typed ids.
+pub mod keys {
+    use chatrun_core::domain::ChatId;
+
+    /// The partition key attribute.
+    pub const PK: &str = "pk";
+    /// The sort key attribute.
+    pub const SK: &str = "sk";
+    /// The `byOwner` index and its keys.
+    pub const OWNER_INDEX: &str = "byOwner";
+    pub const GSI1_PK: &str = "gsi1pk";
+    pub const GSI1_SK: &str = "gsi1sk";
+
+    /// A full key: partition and sort.
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    pub struct Key {
+        pub pk: String,
+        pub sk: String,
+    }
+
+    pub fn chat_pk(chat_id: &ChatId) -> String {
+        chat_pk_of(chat_id.as_str())
+    }
+    fn chat_pk_of(chat_id: &str) -> String {
+        format!("CHAT#{chat_id}")
+    }
+    pub fn chat(chat_id: &ChatId) -> Key {
+        Key {
+            pk: chat_pk(chat_id),
+            sk: CHAT_SK.into(),
+        }
+    }
+    pub const CHAT_SK: &str = "CHAT";
+    pub const SESSION_SK: &str = "SESSION";
+    pub fn session(chat_id: &ChatId) -> Key {
+        Key {
+            pk: chat_pk(chat_id),
+            sk: SESSION_SK.into(),
+        }
+    }
+    /// Messages sort by sequence number.
+    pub const MESSAGE_PREFIX: &str = "MSG#";
+    pub fn message_sk(seq: u64) -> String {
+        format!("{MESSAGE_PREFIX}{seq:010}")
+    }
+    /// Above every message's sort key.
+    pub const LAST_MESSAGE_SK: &str = "MSG#9999999999";
+    pub fn message_id(chat_id: &ChatId, message_id: &str) -> Key {
+        Key {
+            pk: chat_pk(chat_id),
+            sk: format!("MSGID#{message_id}"),
+        }
+    }
+    /// A chat's subscriptions and a connection's twins share this prefix.
+    pub const SUBSCRIPTION_PREFIX: &str = "SUB#";
+    /// Just above every `SUB#` sort key (`$` follows `#`): `SESSION..SUB$` holds the session
+    /// and the subscriptions, and nothing else, in one Query.
+    pub const AFTER_SUBSCRIPTIONS: &str = "SUB$";
+    pub fn subscription(chat_id: &ChatId, connection_id: &str) -> Key {
+        subscription_of(chat_id.as_str(), connection_id)
+    }
+    /// The chat's half of a subscription, from a chat id read back from the connection's half.
+    pub fn subscription_of(chat_id: &str, connection_id: &str) -> Key {
+        Key {
+            pk: chat_pk_of(chat_id),
+            sk: format!("{SUBSCRIPTION_PREFIX}{connection_id}"),
+        }
+    }
+    pub fn connection_pk(connection_id: &str) -> String {
+        format!("CONN#{connection_id}")
+    }
+    pub const CONNECTION_SK: &str = "CONN";
+    pub fn connection(connection_id: &str) -> Key {
+        Key {
+            pk: connection_pk(connection_id),
+            sk: CONNECTION_SK.into(),
+        }
+    }
+    /// The twin of a subscription, in the connection's partition.
+    pub fn connection_subscription(connection_id: &str, chat_id: &str) -> Key {
+        Key {
+            pk: connection_pk(connection_id),
+            sk: format!("{SUBSCRIPTION_PREFIX}{chat_id}"),
+        }
+    }
+    /// Run markers in a chat's partition.
+    pub const RUN_PREFIX: &str = "RUN#";
+    pub fn run_marker(chat_id: &ChatId, run_id: &str) -> Key {
+        Key {
+            pk: chat_pk(chat_id),
+            sk: format!("{RUN_PREFIX}{run_id}"),
+        }
+    }
+    pub fn run_pk(run_id: &str) -> String {
+        format!("RUN#{run_id}")
+    }
+    pub fn event_sk(first_event_id: u64) -> String {
+        format!("EVT#{first_event_id:012}")
+    }
+    pub fn owner_pk(owner_id: &str) -> String {
+        format!("OWNER#{owner_id}")
+    }
+    /// Newest first in the `byOwner` index.
+    pub fn owner_sk(updated_at: i64, chat_id: &ChatId) -> String {
+        format!("{updated_at:013}#{chat_id}")
+    }
+}
+
+/// Every attribute name the items carry besides the keys.
+pub mod attr {
+    pub const CHAT_ID: &str = "chatId";
+    pub const OWNER_ID: &str = "ownerId";
+    pub const TITLE: &str = "title";
+    pub const MODEL: &str = "model";
+    pub const CREATED_AT: &str = "createdAt";
+    pub const UPDATED_AT: &str = "updatedAt";
+    pub const MESSAGE_COUNT: &str = "messageCount";
+    pub const ID: &str = "id";
+    pub const ROLE: &str = "role";
+    pub const MESSAGE: &str = "message";
+    pub const SEQ: &str = "seq";
+    pub const SESSION: &str = "session";
+    pub const RUN_ID: &str = "runId";
+    pub const STREAMING: &str = "streaming";
+    pub const LAST_EVENT_ID: &str = "lastEventId";
+    pub const FIRST_EVENT_ID: &str = "firstEventId";
+    pub const VERSION: &str = "version";
+    pub const CHUNKS: &str = "chunks";
+    pub const CONNECTION: &str = "connection";
+    pub const CONNECTION_ID: &str = "connectionId";
+    pub const SUBSCRIBED_AT: &str = "subscribedAt";
+    /// Subscriptions as a list on the connection item: written by earlier versions, read only
+    /// to clean up after them.
+    pub const LEGACY_SUBSCRIPTIONS: &str = "subscriptions";
+    /// DynamoDB's TTL attribute (epoch seconds).
+    pub const EXPIRES_AT: &str = "expiresAt";
+    /// The same instant in milliseconds, which reads compare with the clock.
+    pub const EXPIRES_AT_MS: &str = "expiresAtMs";
+}
+
+use keys::Key;
+
+/// Attempts at a batch delete before it reports what it could not delete.
+const DELETE_ATTEMPTS: u32 = 8;
+/// Run markers outlive their session by the stream events' TTL and a day.
+const RUN_MARKER_GRACE_MS: i64 = 48 * 3600 * 1000;
+
 /// The `ChatStore` on DynamoDB.
 #[derive(Clone, Debug)]
 pub struct DynamoChatStore {
@@ -54,8 +211,11 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn chat_pk(chat_id: &ChatId) -> String {
-    format!("CHAT#{chat_id}")
+fn key_of(key: &Key) -> Item {
+    HashMap::from([
+        (keys::PK.to_owned(), s(&key.pk)),
+        (keys::SK.to_owned(), s(&key.sk)),
+    ])
 }
 
 fn get_s<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
@@ -79,10 +239,6 @@ fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
 fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text)
         .map_err(|e| StoreError::Backend(format!("decoding a stored item: {e}")))
-}
-
-fn owner_sort_key(updated_at: Millis, chat_id: &ChatId) -> String {
-    format!("{updated_at:013}#{chat_id}")
 }
 
 /// Maps an SDK error: conditional failures are conflicts, throttling is transient.
@@ -109,34 +265,85 @@ fn store_error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
 
 fn chat_from_item(item: &Item) -> Result<Chat, StoreError> {
     Ok(Chat {
-        id: ChatId::parse(get_s(item, "chatId")?)
+        id: ChatId::parse(get_s(item, attr::CHAT_ID)?)
             .map_err(|e| StoreError::Backend(e.to_string()))?,
-        owner_id: get_s(item, "ownerId")?.into(),
-        title: get_s(item, "title")?.into(),
-        model: get_s(item, "model")?.into(),
-        created_at: get_n(item, "createdAt")?,
-        updated_at: get_n(item, "updatedAt")?,
-        message_count: get_n(item, "messageCount")? as u64,
+        owner_id: get_s(item, attr::OWNER_ID)?.into(),
+        title: get_s(item, attr::TITLE)?.into(),
+        model: get_s(item, attr::MODEL)?.into(),
+        created_at: get_n(item, attr::CREATED_AT)?,
+        updated_at: get_n(item, attr::UPDATED_AT)?,
+        message_count: get_n(item, attr::MESSAGE_COUNT)? as u64,
     })
 }
 
 fn session_from_item(item: &Item) -> Result<ChatSession, StoreError> {
-    let mut session: ChatSession = parse(get_s(item, "session")?)?;
-    session.version = get_n(item, "version")? as u64;
+    let mut session: ChatSession = parse(get_s(item, attr::SESSION)?)?;
+    session.version = get_n(item, attr::VERSION)? as u64;
     Ok(session)
 }
 
 fn event_from_item(run_id: &str, item: &Item) -> Result<StreamEvent, StoreError> {
     Ok(StreamEvent {
         run_id: run_id.into(),
-        first_event_id: get_n(item, "firstEventId")? as u64,
-        chunks: parse(get_s(item, "chunks")?)?,
-        expires_at: get_n(item, "expiresAtMs")?,
+        first_event_id: get_n(item, attr::FIRST_EVENT_ID)? as u64,
+        chunks: parse(get_s(item, attr::CHUNKS)?)?,
+        expires_at: get_n(item, attr::EXPIRES_AT_MS)?,
     })
 }
 
 fn expired(item: &Item, now: Millis) -> bool {
-    get_n(item, "expiresAtMs").is_ok_and(|at| at <= now)
+    get_n(item, attr::EXPIRES_AT_MS).is_ok_and(|at| at <= now)
+}
+
+/// The reasons DynamoDB gives for a cancelled transaction, one per item (`None`: that item
+/// was fine), or `None` when the error is not a cancelled transaction.
+fn cancellation_reasons<R>(
+    error: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
+) -> Option<Vec<Option<String>>> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match error {
+        SdkError::ServiceError(e) => match e.err() {
+            TransactWriteItemsError::TransactionCanceledException(t) => Some(
+                t.cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code().map(str::to_owned).filter(|c| c != "None"))
+                    .collect(),
+            ),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Runs one batch-delete attempt after another on what the last one left unprocessed, with a
+/// growing pause, until nothing is left or [`DELETE_ATTEMPTS`] have run.
+/// # Errors
+/// What an attempt fails with; `Transient` naming how many items are still there when the
+/// attempts run out (never a silent success).
+async fn delete_until_done<T, F, Fut>(mut pending: Vec<T>, mut attempt: F) -> Result<(), StoreError>
+where
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, StoreError>>,
+{
+    let mut pause = std::time::Duration::from_millis(25);
+    for round in 0..DELETE_ATTEMPTS {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if round > 0 {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(1));
+        }
+        pending = attempt(pending).await?;
+    }
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Transient(format!(
+            "{} items were left undeleted after {DELETE_ATTEMPTS} attempts",
+            pending.len()
+        )))
+    }
 }
 
 impl DynamoChatStore {
@@ -168,17 +375,17 @@ impl DynamoChatStore {
             .create_table()
             .table_name(table)
             .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-            .attribute_definitions(key("pk"))
-            .attribute_definitions(key("sk"))
-            .attribute_definitions(key("gsi1pk"))
-            .attribute_definitions(key("gsi1sk"))
-            .key_schema(schema("pk", KeyType::Hash))
-            .key_schema(schema("sk", KeyType::Range))
+            .attribute_definitions(key(keys::PK))
+            .attribute_definitions(key(keys::SK))
+            .attribute_definitions(key(keys::GSI1_PK))
+            .attribute_definitions(key(keys::GSI1_SK))
+            .key_schema(schema(keys::PK, KeyType::Hash))
+            .key_schema(schema(keys::SK, KeyType::Range))
             .global_secondary_indexes(
                 GlobalSecondaryIndex::builder()
-                    .index_name("byOwner")
-                    .key_schema(schema("gsi1pk", KeyType::Hash))
-                    .key_schema(schema("gsi1sk", KeyType::Range))
+                    .index_name(keys::OWNER_INDEX)
+                    .key_schema(schema(keys::GSI1_PK, KeyType::Hash))
+                    .key_schema(schema(keys::GSI1_SK, KeyType::Range))
                     .projection(
                         Projection::builder()
                             .projection_type(ProjectionType::All)
@@ -202,7 +409,7 @@ impl DynamoChatStore {
             .time_to_live_specification(
                 TimeToLiveSpecification::builder()
                     .enabled(true)
-                    .attribute_name("expiresAt")
+                    .attribute_name(attr::EXPIRES_AT)
                     .build()
                     .expect("ttl"),
             )
@@ -212,13 +419,12 @@ impl DynamoChatStore {
         Ok(())
     }
 
-    async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(pk))
-            .key("sk", s(sk))
+            .set_key(Some(key_of(key)))
             .consistent_read(true)
             .send()
             .await
@@ -256,24 +462,41 @@ impl DynamoChatStore {
         }
     }
 
+    /// Every item of one partition (`pk = :p`).
+    async fn partition(&self, pk: &str) -> Result<Vec<Item>, StoreError> {
+        self.query_all("pk = :p", vec![(":p", s(pk))], true).await
+    }
+
+    /// Items of one partition whose sort key starts with `prefix`.
+    async fn partition_prefix(&self, pk: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
+        self.query_all(
+            "pk = :p AND begins_with(sk, :s)",
+            vec![(":p", s(pk)), (":s", s(prefix))],
+            true,
+        )
+        .await
+    }
+
     /// Deletes items by key, 25 at a time, retrying what DynamoDB leaves unprocessed.
-    async fn delete_keys(&self, keys: Vec<(String, String)>) -> Result<(), StoreError> {
+    /// # Errors
+    /// A failed request, or items still there after [`DELETE_ATTEMPTS`]: the caller learns the
+    /// delete did not happen (it used to answer success regardless).
+    async fn delete_keys(&self, keys: Vec<Key>) -> Result<(), StoreError> {
         for batch in keys.chunks(25) {
-            let mut requests: Vec<WriteRequest> = batch
+            let requests: Vec<WriteRequest> = batch
                 .iter()
-                .map(|(pk, sk)| {
+                .map(|key| {
                     WriteRequest::builder()
                         .delete_request(
                             DeleteRequest::builder()
-                                .key("pk", s(pk.clone()))
-                                .key("sk", s(sk.clone()))
+                                .set_key(Some(key_of(key)))
                                 .build()
                                 .expect("delete request"),
                         )
                         .build()
                 })
                 .collect();
-            for _ in 0..8 {
+            delete_until_done(requests, |requests| async move {
                 let out = self
                     .client
                     .batch_write_item()
@@ -281,49 +504,83 @@ impl DynamoChatStore {
                     .send()
                     .await
                     .map_err(store_error)?;
-                requests = out
+                Ok(out
                     .unprocessed_items
                     .and_then(|mut m| m.remove(&self.table))
-                    .unwrap_or_default();
-                if requests.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+                    .unwrap_or_default())
+            })
+            .await?;
         }
         Ok(())
     }
+
+    /// Runs a transaction, mapping a cancellation: `Conflict` when item `conflict_at` failed its
+    /// condition, `Transient` for a clash with another transaction.
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        conflict_at: usize,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) => match cancellation_reasons(&error) {
+                Some(reasons) => {
+                    let reason = |i: usize| reasons.get(i).cloned().flatten();
+                    if reason(conflict_at).as_deref() == Some("ConditionalCheckFailed") {
+                        Err(StoreError::Conflict("condition failed".into()))
+                    } else {
+                        Err(StoreError::Transient(format!(
+                            "transaction cancelled: {reasons:?}"
+                        )))
+                    }
+                }
+                None => Err(store_error(error)),
+            },
+        }
+    }
 }
 
-fn keys_of(items: &[Item]) -> Vec<(String, String)> {
+fn keys_of(items: &[Item]) -> Vec<Key> {
     items
         .iter()
         .filter_map(|i| {
-            Some((
-                get_s(i, "pk").ok()?.to_owned(),
-                get_s(i, "sk").ok()?.to_owned(),
-            ))
+            Some(Key {
+                pk: get_s(i, keys::PK).ok()?.to_owned(),
+                sk: get_s(i, keys::SK).ok()?.to_owned(),
+            })
         })
         .collect()
+}
+
+fn put(key: &Key) -> aws_sdk_dynamodb::types::builders::PutBuilder {
+    Put::builder()
+        .item(keys::PK, s(&key.pk))
+        .item(keys::SK, s(&key.sk))
 }
 
 #[async_trait]
 impl ChatStore for DynamoChatStore {
     async fn create_chat(&self, chat: &Chat) -> Result<(), StoreError> {
+        let key = keys::chat(&chat.id);
         self.client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(chat_pk(&chat.id)))
-            .item("sk", s("CHAT"))
-            .item("chatId", s(chat.id.as_str()))
-            .item("ownerId", s(&chat.owner_id))
-            .item("title", s(&chat.title))
-            .item("model", s(&chat.model))
-            .item("createdAt", n(chat.created_at))
-            .item("updatedAt", n(chat.updated_at))
-            .item("messageCount", n(0))
-            .item("gsi1pk", s(format!("OWNER#{}", chat.owner_id)))
-            .item("gsi1sk", s(owner_sort_key(chat.updated_at, &chat.id)))
+            .set_item(Some(key_of(&key)))
+            .item(attr::CHAT_ID, s(chat.id.as_str()))
+            .item(attr::OWNER_ID, s(&chat.owner_id))
+            .item(attr::TITLE, s(&chat.title))
+            .item(attr::MODEL, s(&chat.model))
+            .item(attr::CREATED_AT, n(chat.created_at))
+            .item(attr::UPDATED_AT, n(chat.updated_at))
+            .item(attr::MESSAGE_COUNT, n(0))
+            .item(keys::GSI1_PK, s(keys::owner_pk(&chat.owner_id)))
+            .item(keys::GSI1_SK, s(keys::owner_sk(chat.updated_at, &chat.id)))
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await
@@ -332,7 +589,7 @@ impl ChatStore for DynamoChatStore {
     }
 
     async fn get_chat(&self, chat_id: &ChatId) -> Result<Option<Chat>, StoreError> {
-        self.get(chat_pk(chat_id), "CHAT")
+        self.get(&keys::chat(chat_id))
             .await?
             .as_ref()
             .map(chat_from_item)
@@ -345,6 +602,8 @@ impl ChatStore for DynamoChatStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<ChatPage, StoreError> {
+        let owner_key = keys::owner_pk(owner_id);
+        let cursor_keys = [keys::PK, keys::SK, keys::GSI1_PK, keys::GSI1_SK];
         let start = match cursor {
             None => None,
             Some(c) => {
@@ -353,8 +612,10 @@ impl ChatStore for DynamoChatStore {
                     .map_err(|_| StoreError::BadCursor)?;
                 let keys: HashMap<String, String> =
                     serde_json::from_slice(&bytes).map_err(|_| StoreError::BadCursor)?;
-                let owner_key = format!("OWNER#{owner_id}");
-                if keys.get("gsi1pk") != Some(&owner_key) || keys.len() != 4 {
+                if keys.get(keys::GSI1_PK) != Some(&owner_key)
+                    || keys.len() != cursor_keys.len()
+                    || !cursor_keys.iter().all(|k| keys.contains_key(*k))
+                {
                     return Err(StoreError::BadCursor);
                 }
                 Some(keys.into_iter().map(|(k, v)| (k, s(v))).collect::<Item>())
@@ -366,9 +627,9 @@ impl ChatStore for DynamoChatStore {
             .client
             .query()
             .table_name(&self.table)
-            .index_name("byOwner")
+            .index_name(keys::OWNER_INDEX)
             .key_condition_expression("gsi1pk = :o")
-            .expression_attribute_values(":o", s(format!("OWNER#{owner_id}")))
+            .expression_attribute_values(":o", s(&owner_key))
             .scan_index_forward(false)
             .limit(limit as i32 + 1)
             .set_exclusive_start_key(start)
@@ -380,7 +641,7 @@ impl ChatStore for DynamoChatStore {
         let page: Vec<&Item> = items.iter().take(limit).collect();
         let next_cursor = if more {
             let last = page.last().expect("a full page");
-            let keys: HashMap<&str, &str> = ["pk", "sk", "gsi1pk", "gsi1sk"]
+            let keys: HashMap<&str, &str> = cursor_keys
                 .into_iter()
                 .map(|k| Ok((k, get_s(last, k)?)))
                 .collect::<Result<_, StoreError>>()?;
@@ -405,13 +666,15 @@ impl ChatStore for DynamoChatStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(chat_pk(chat_id)))
-            .key("sk", s("CHAT"))
-            .update_expression("SET title = :t, updatedAt = :u, gsi1sk = :g")
+            .set_key(Some(key_of(&keys::chat(chat_id))))
+            .update_expression("SET #title = :t, #updated = :u, #gsk = :g")
             .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#title", attr::TITLE)
+            .expression_attribute_names("#updated", attr::UPDATED_AT)
+            .expression_attribute_names("#gsk", keys::GSI1_SK)
             .expression_attribute_values(":t", s(title))
             .expression_attribute_values(":u", n(now))
-            .expression_attribute_values(":g", s(owner_sort_key(now, chat_id)))
+            .expression_attribute_values(":g", s(keys::owner_sk(now, chat_id)))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
             .send()
             .await
@@ -422,21 +685,39 @@ impl ChatStore for DynamoChatStore {
         chat_from_item(&out.attributes.unwrap_or_default())
     }
 
+    /// Deletes the events of every run the chat had (its run markers and its session name
+    /// them), then the chat's own items (messages, session, subscriptions, markers) and the
+    /// subscriptions' twins. A failure leaves the chat there to delete again.
     async fn delete_chat(&self, chat_id: &ChatId) -> Result<(), StoreError> {
-        let items = self
-            .query_all("pk = :p", vec![(":p", s(chat_pk(chat_id)))], true)
-            .await?;
-        if let Some(session) = items
-            .iter()
-            .find(|i| get_s(i, "sk").ok() == Some("SESSION"))
-        {
-            let run_id = session_from_item(session)?.run_id;
-            let events = self
-                .query_all("pk = :p", vec![(":p", s(format!("RUN#{run_id}")))], true)
-                .await?;
+        let items = self.partition(&keys::chat_pk(chat_id)).await?;
+        let mut runs: Vec<String> = Vec::new();
+        let mut twins: Vec<Key> = Vec::new();
+        for item in &items {
+            let sk = get_s(item, keys::SK)?;
+            if sk == keys::SESSION_SK {
+                runs.push(session_from_item(item)?.run_id);
+            } else if let Some(run) = sk.strip_prefix(keys::RUN_PREFIX) {
+                runs.push(run.to_owned());
+            } else if let Some(connection_id) = sk.strip_prefix(keys::SUBSCRIPTION_PREFIX) {
+                twins.push(keys::connection_subscription(
+                    connection_id,
+                    chat_id.as_str(),
+                ));
+            }
+        }
+        runs.sort();
+        runs.dedup();
+        for run in &runs {
+            let events = self.partition(&keys::run_pk(run)).await?;
             self.delete_keys(keys_of(&events)).await?;
         }
-        self.delete_keys(keys_of(&items)).await
+        self.delete_keys(twins).await?;
+        // The chat item goes last: while it exists, a retried delete finds everything again.
+        let (chat_items, rest): (Vec<Item>, Vec<Item>) = items
+            .into_iter()
+            .partition(|i| get_s(i, keys::SK).ok() == Some(keys::CHAT_SK));
+        self.delete_keys(keys_of(&rest)).await?;
+        self.delete_keys(keys_of(&chat_items)).await
     }
 
     async fn append_message(
@@ -452,7 +733,7 @@ impl ChatStore for DynamoChatStore {
                 body.len()
             )));
         }
-        let pk = chat_pk(chat_id);
+        let chat_key = keys::chat(chat_id);
         for _ in 0..8 {
             let chat = self
                 .get_chat(chat_id)
@@ -461,90 +742,74 @@ impl ChatStore for DynamoChatStore {
             let seq = chat.message_count;
             let update = Update::builder()
                 .table_name(&self.table)
-                .key("pk", s(&pk))
-                .key("sk", s("CHAT"))
-                .update_expression("SET messageCount = :next, updatedAt = :u, gsi1sk = :g")
-                .condition_expression("attribute_exists(pk) AND messageCount = :count")
+                .set_key(Some(key_of(&chat_key)))
+                .update_expression("SET #count = :next, #updated = :u, #gsk = :g")
+                .condition_expression("attribute_exists(pk) AND #count = :count")
+                .expression_attribute_names("#count", attr::MESSAGE_COUNT)
+                .expression_attribute_names("#updated", attr::UPDATED_AT)
+                .expression_attribute_names("#gsk", keys::GSI1_SK)
                 .expression_attribute_values(":next", n(seq + 1))
                 .expression_attribute_values(":count", n(seq))
                 .expression_attribute_values(":u", n(now))
-                .expression_attribute_values(":g", s(owner_sort_key(now, chat_id)))
+                .expression_attribute_values(":g", s(keys::owner_sk(now, chat_id)))
                 .build()
                 .expect("update");
-            let put_message = Put::builder()
+            let put_message = put(&Key {
+                pk: chat_key.pk.clone(),
+                sk: keys::message_sk(seq),
+            })
+            .table_name(&self.table)
+            .item(attr::ID, s(&message.id))
+            .item(
+                attr::ROLE,
+                s(serde_json::to_value(message.role)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()),
+            )
+            .item(attr::MESSAGE, s(&body))
+            .item(attr::CREATED_AT, n(now))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .expect("put");
+            let put_marker = put(&keys::message_id(chat_id, &message.id))
                 .table_name(&self.table)
-                .item("pk", s(&pk))
-                .item("sk", s(format!("MSG#{seq:010}")))
-                .item("id", s(&message.id))
-                .item(
-                    "role",
-                    s(serde_json::to_value(message.role)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default()),
-                )
-                .item("message", s(&body))
-                .item("createdAt", n(now))
-                .condition_expression("attribute_not_exists(pk)")
-                .build()
-                .expect("put");
-            let put_marker = Put::builder()
-                .table_name(&self.table)
-                .item("pk", s(&pk))
-                .item("sk", s(format!("MSGID#{}", message.id)))
-                .item("seq", n(seq))
+                .item(attr::SEQ, n(seq))
                 .condition_expression("attribute_not_exists(pk)")
                 .build()
                 .expect("put");
             let result = self
-                .client
-                .transact_write_items()
-                .transact_items(TransactWriteItem::builder().update(update).build())
-                .transact_items(TransactWriteItem::builder().put(put_message).build())
-                .transact_items(TransactWriteItem::builder().put(put_marker).build())
-                .send()
+                .transact(
+                    vec![
+                        TransactWriteItem::builder().update(update).build(),
+                        TransactWriteItem::builder().put(put_message).build(),
+                        TransactWriteItem::builder().put(put_marker).build(),
+                    ],
+                    2,
+                )
                 .await;
             match result {
-                Ok(_) => return Ok(()),
-                Err(SdkError::ServiceError(e))
-                    if e.err().code() == Some("TransactionCanceledException") =>
-                {
-                    let reasons: Vec<Option<String>> = match e.err() {
-                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(t) => t
-                            .cancellation_reasons()
-                            .iter()
-                            .map(|r| r.code().map(str::to_owned))
-                            .collect(),
-                        _ => Vec::new(),
-                    };
-                    let failed = |i: usize| {
-                        reasons.get(i).and_then(|r| r.as_deref()) == Some("ConditionalCheckFailed")
-                    };
-                    if failed(2) {
-                        return Err(StoreError::Conflict(format!(
-                            "message {} exists",
-                            message.id
-                        )));
-                    }
-                    // Another append took this sequence number: read the count again.
-                    continue;
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict(_)) => {
+                    return Err(StoreError::Conflict(format!(
+                        "message {} exists",
+                        message.id
+                    )));
                 }
-                Err(e) => return Err(store_error(e)),
+                // Another append took this sequence number: read the count again.
+                Err(StoreError::Transient(_)) => continue,
+                Err(other) => return Err(other),
             }
         }
         Err(StoreError::Transient("appends kept colliding".into()))
     }
 
     async fn messages(&self, chat_id: &ChatId) -> Result<Vec<UIMessage>, StoreError> {
-        self.query_all(
-            "pk = :p AND begins_with(sk, :m)",
-            vec![(":p", s(chat_pk(chat_id))), (":m", s("MSG#"))],
-            true,
-        )
-        .await?
-        .iter()
-        .map(|i| parse(get_s(i, "message")?))
-        .collect()
+        self.partition_prefix(&keys::chat_pk(chat_id), keys::MESSAGE_PREFIX)
+            .await?
+            .iter()
+            .map(|i| parse(get_s(i, attr::MESSAGE)?))
+            .collect()
     }
 
     async fn delete_messages_from(
@@ -552,34 +817,34 @@ impl ChatStore for DynamoChatStore {
         chat_id: &ChatId,
         message_id: &str,
     ) -> Result<u64, StoreError> {
-        let pk = chat_pk(chat_id);
+        let pk = keys::chat_pk(chat_id);
         let marker = self
-            .get(pk.clone(), &format!("MSGID#{message_id}"))
+            .get(&keys::message_id(chat_id, message_id))
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("message {message_id}")))?;
-        let seq = get_n(&marker, "seq")?;
+        let seq = get_n(&marker, attr::SEQ)?;
         let doomed = self
             .query_all(
                 "pk = :p AND sk BETWEEN :from AND :to",
                 vec![
                     (":p", s(&pk)),
-                    (":from", s(format!("MSG#{seq:010}"))),
-                    (":to", s("MSG#9999999999")),
+                    (":from", s(keys::message_sk(seq as u64))),
+                    (":to", s(keys::LAST_MESSAGE_SK)),
                 ],
                 true,
             )
             .await?;
-        let mut keys = keys_of(&doomed);
+        let mut delete = keys_of(&doomed);
         for item in &doomed {
-            keys.push((pk.clone(), format!("MSGID#{}", get_s(item, "id")?)));
+            delete.push(keys::message_id(chat_id, get_s(item, attr::ID)?));
         }
-        self.delete_keys(keys).await?;
+        self.delete_keys(delete).await?;
         self.client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(&pk))
-            .key("sk", s("CHAT"))
-            .update_expression("SET messageCount = :c")
+            .set_key(Some(key_of(&keys::chat(chat_id))))
+            .update_expression("SET #count = :c")
+            .expression_attribute_names("#count", attr::MESSAGE_COUNT)
             .expression_attribute_values(":c", n(seq))
             .condition_expression("attribute_exists(pk)")
             .send()
@@ -589,13 +854,15 @@ impl ChatStore for DynamoChatStore {
     }
 
     async fn get_session(&self, chat_id: &ChatId) -> Result<Option<ChatSession>, StoreError> {
-        self.get(chat_pk(chat_id), "SESSION")
+        self.get(&keys::session(chat_id))
             .await?
             .as_ref()
             .map(session_from_item)
             .transpose()
     }
 
+    /// Writes the session and, in the same transaction, its run's marker, so that every run a
+    /// chat ever had can be found when the chat is deleted.
     async fn put_session(
         &self,
         session: &ChatSession,
@@ -604,25 +871,39 @@ impl ChatStore for DynamoChatStore {
         let mut stored = session.clone();
         stored.version = expected_version.map_or(1, |v| v + 1);
         let keep_until = stored.expires_at + SESSION_GRACE_MS;
-        let mut put = self
-            .client
-            .put_item()
+        let mut put_session = put(&keys::session(&session.chat_id))
             .table_name(&self.table)
-            .item("pk", s(chat_pk(&session.chat_id)))
-            .item("sk", s("SESSION"))
-            .item("session", s(json(&stored)?))
-            .item("runId", s(&stored.run_id))
-            .item("streaming", AttributeValue::Bool(stored.streaming))
-            .item("lastEventId", n(stored.last_event_id))
-            .item("version", n(stored.version))
-            .item("expiresAt", n(keep_until / 1000));
-        put = match expected_version {
-            None => put.condition_expression("attribute_not_exists(pk)"),
-            Some(v) => put
-                .condition_expression("version = :v")
+            .item(attr::SESSION, s(json(&stored)?))
+            .item(attr::RUN_ID, s(&stored.run_id))
+            .item(attr::STREAMING, AttributeValue::Bool(stored.streaming))
+            .item(attr::LAST_EVENT_ID, n(stored.last_event_id))
+            .item(attr::VERSION, n(stored.version))
+            .item(attr::EXPIRES_AT, n(keep_until / 1000));
+        put_session = match expected_version {
+            None => put_session.condition_expression("attribute_not_exists(pk)"),
+            Some(v) => put_session
+                .condition_expression("#version = :v")
+                .expression_attribute_names("#version", attr::VERSION)
                 .expression_attribute_values(":v", n(v)),
         };
-        put.send().await.map_err(store_error)?;
+        let marker_until = stored.expires_at + RUN_MARKER_GRACE_MS;
+        let put_marker = put(&keys::run_marker(&session.chat_id, &stored.run_id))
+            .table_name(&self.table)
+            .item(attr::RUN_ID, s(&stored.run_id))
+            .item(attr::EXPIRES_AT_MS, n(marker_until))
+            .item(attr::EXPIRES_AT, n(marker_until / 1000));
+        self.transact(
+            vec![
+                TransactWriteItem::builder()
+                    .put(put_session.build().expect("put"))
+                    .build(),
+                TransactWriteItem::builder()
+                    .put(put_marker.build().expect("put"))
+                    .build(),
+            ],
+            0,
+        )
+        .await?;
         Ok(stored)
     }
 
@@ -630,13 +911,13 @@ impl ChatStore for DynamoChatStore {
         self.client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(format!("RUN#{}", event.run_id)))
-            .item("sk", s(format!("EVT#{:012}", event.first_event_id)))
-            .item("firstEventId", n(event.first_event_id))
-            .item("lastEventId", n(event.last_event_id()))
-            .item("chunks", s(json(&event.chunks)?))
-            .item("expiresAtMs", n(event.expires_at))
-            .item("expiresAt", n(event.expires_at / 1000))
+            .item(keys::PK, s(keys::run_pk(&event.run_id)))
+            .item(keys::SK, s(keys::event_sk(event.first_event_id)))
+            .item(attr::FIRST_EVENT_ID, n(event.first_event_id))
+            .item(attr::LAST_EVENT_ID, n(event.last_event_id()))
+            .item(attr::CHUNKS, s(json(&event.chunks)?))
+            .item(attr::EXPIRES_AT_MS, n(event.expires_at))
+            .item(attr::EXPIRES_AT, n(event.expires_at / 1000))
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await
@@ -650,8 +931,8 @@ impl ChatStore for DynamoChatStore {
         after_event_id: u64,
         now: Millis,
     ) -> Result<Vec<StreamEvent>, StoreError> {
-        let pk = format!("RUN#{run_id}");
-        let bound = format!("EVT#{after_event_id:012}");
+        let pk = keys::run_pk(run_id);
+        let bound = keys::event_sk(after_event_id);
         // The event that holds `after + 1` may start at or before `after`.
         let holding = self
             .client
@@ -677,7 +958,7 @@ impl ChatStore for DynamoChatStore {
             .await?;
         holding
             .iter()
-            .filter(|i| get_n(i, "lastEventId").is_ok_and(|l| l as u64 > after_event_id))
+            .filter(|i| get_n(i, attr::LAST_EVENT_ID).is_ok_and(|l| l as u64 > after_event_id))
             .chain(later.iter())
             .filter(|i| !expired(i, now))
             .map(|i| event_from_item(run_id, i))
@@ -690,7 +971,7 @@ impl ChatStore for DynamoChatStore {
             .query()
             .table_name(&self.table)
             .key_condition_expression("pk = :p")
-            .expression_attribute_values(":p", s(format!("RUN#{run_id}")))
+            .expression_attribute_values(":p", s(keys::run_pk(run_id)))
             .scan_index_forward(false)
             .limit(1)
             .consistent_read(true)
@@ -703,7 +984,7 @@ impl ChatStore for DynamoChatStore {
         Ok(items
             .first()
             .filter(|i| !expired(i, now))
-            .map(|i| get_n(i, "lastEventId"))
+            .map(|i| get_n(i, attr::LAST_EVENT_ID))
             .transpose()?
             .unwrap_or(0) as u64)
     }
@@ -712,12 +993,10 @@ impl ChatStore for DynamoChatStore {
         self.client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(format!("CONN#{}", connection.connection_id)))
-            .item("sk", s("CONN"))
-            .item("connection", s(json(connection)?))
-            .item("subscriptions", AttributeValue::L(Vec::new()))
-            .item("expiresAtMs", n(connection.expires_at))
-            .item("expiresAt", n(connection.expires_at / 1000))
+            .set_item(Some(key_of(&keys::connection(&connection.connection_id))))
+            .item(attr::CONNECTION, s(json(connection)?))
+            .item(attr::EXPIRES_AT_MS, n(connection.expires_at))
+            .item(attr::EXPIRES_AT, n(connection.expires_at / 1000))
             .send()
             .await
             .map_err(store_error)?;
@@ -729,25 +1008,41 @@ impl ChatStore for DynamoChatStore {
         connection_id: &str,
         now: Millis,
     ) -> Result<Option<Connection>, StoreError> {
-        match self.get(format!("CONN#{connection_id}"), "CONN").await? {
-            Some(item) if !expired(&item, now) => Ok(Some(parse(get_s(&item, "connection")?)?)),
+        match self.get(&keys::connection(connection_id)).await? {
+            Some(item) if !expired(&item, now) => Ok(Some(parse(get_s(&item, attr::CONNECTION)?)?)),
             _ => Ok(None),
         }
     }
 
+    /// Deletes the subscriptions first (both halves) and the connection item last, so a retry
+    /// after a failure still finds what is left.
     async fn delete_connection(&self, connection_id: &str) -> Result<(), StoreError> {
-        let pk = format!("CONN#{connection_id}");
-        let Some(item) = self.get(pk.clone(), "CONN").await? else {
-            return Ok(());
-        };
-        let mut keys: Vec<(String, String)> = subscriptions_of(&item)
-            .into_iter()
-            .map(|chat| (format!("CHAT#{chat}"), format!("SUB#{connection_id}")))
-            .collect();
-        keys.push((pk, "CONN".into()));
-        self.delete_keys(keys).await
+        let items = self.partition(&keys::connection_pk(connection_id)).await?;
+        let mut delete = Vec::new();
+        let mut connection_item = Vec::new();
+        for item in &items {
+            let sk = get_s(item, keys::SK)?;
+            if let Some(chat) = sk.strip_prefix(keys::SUBSCRIPTION_PREFIX) {
+                delete.push(keys::subscription_of(chat, connection_id));
+                delete.push(Key {
+                    pk: keys::connection_pk(connection_id),
+                    sk: sk.to_owned(),
+                });
+            } else if sk == keys::CONNECTION_SK {
+                for chat in legacy_subscriptions(item) {
+                    delete.push(keys::subscription_of(&chat, connection_id));
+                }
+                connection_item.push(keys::connection(connection_id));
+            }
+        }
+        self.delete_keys(delete).await?;
+        self.delete_keys(connection_item).await
     }
 
+    /// Writes both halves of the subscription in one transaction, then enforces the
+    /// per-connection limit from the connection's own partition: the least recently subscribed
+    /// beyond [`MAX_SUBSCRIPTIONS_PER_CONNECTION`] are dropped. Concurrent subscribes each add
+    /// their own items, so none is lost; each then drops the same oldest ones.
     async fn subscribe(
         &self,
         chat_id: &ChatId,
@@ -755,76 +1050,82 @@ impl ChatStore for DynamoChatStore {
         now: Millis,
         expires_at: Millis,
     ) -> Result<(), StoreError> {
-        self.client
-            .put_item()
+        let chat_half = put(&keys::subscription(chat_id, connection_id))
             .table_name(&self.table)
-            .item("pk", s(chat_pk(chat_id)))
-            .item("sk", s(format!("SUB#{connection_id}")))
-            .item("connectionId", s(connection_id))
-            .item("subscribedAt", n(now))
-            .item("expiresAtMs", n(expires_at))
-            .item("expiresAt", n(expires_at / 1000))
-            .send()
-            .await
-            .map_err(store_error)?;
-        // The connection keeps its subscriptions, oldest first: the limit and $disconnect need
-        // them without a scan.
-        let pk = format!("CONN#{connection_id}");
-        let Some(item) = self.get(pk.clone(), "CONN").await? else {
-            return Ok(());
-        };
-        let mut chats = subscriptions_of(&item);
-        chats.retain(|c| c != chat_id.as_str());
-        chats.push(chat_id.to_string());
-        let dropped: Vec<String> = if chats.len() > MAX_SUBSCRIPTIONS_PER_CONNECTION {
-            chats
-                .drain(..chats.len() - MAX_SUBSCRIPTIONS_PER_CONNECTION)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .key("sk", s("CONN"))
-            .update_expression("SET subscriptions = :l")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(
-                ":l",
-                AttributeValue::L(chats.into_iter().map(s).collect()),
+            .item(attr::CONNECTION_ID, s(connection_id))
+            .item(attr::SUBSCRIBED_AT, n(now))
+            .item(attr::EXPIRES_AT_MS, n(expires_at))
+            .item(attr::EXPIRES_AT, n(expires_at / 1000))
+            .build()
+            .expect("put");
+        let connection_half = put(&keys::connection_subscription(
+            connection_id,
+            chat_id.as_str(),
+        ))
+        .table_name(&self.table)
+        .item(attr::CHAT_ID, s(chat_id.as_str()))
+        .item(attr::SUBSCRIBED_AT, n(now))
+        .item(attr::EXPIRES_AT_MS, n(expires_at))
+        .item(attr::EXPIRES_AT, n(expires_at / 1000))
+        .build()
+        .expect("put");
+        self.transact(
+            vec![
+                TransactWriteItem::builder().put(chat_half).build(),
+                TransactWriteItem::builder().put(connection_half).build(),
+            ],
+            usize::MAX,
+        )
+        .await?;
+        let mine = self
+            .partition_prefix(
+                &keys::connection_pk(connection_id),
+                keys::SUBSCRIPTION_PREFIX,
             )
-            .send()
-            .await
-            .map_err(store_error)?;
-        let keys = dropped
-            .into_iter()
-            .map(|chat| (format!("CHAT#{chat}"), format!("SUB#{connection_id}")))
+            .await?;
+        let mut held: Vec<(i64, String)> = mine
+            .iter()
+            .filter_map(|i| {
+                Some((
+                    get_n(i, attr::SUBSCRIBED_AT).ok()?,
+                    get_s(i, attr::CHAT_ID).ok()?.to_owned(),
+                ))
+            })
             .collect();
-        self.delete_keys(keys).await
+        if held.len() <= MAX_SUBSCRIPTIONS_PER_CONNECTION {
+            return Ok(());
+        }
+        held.sort();
+        let excess = held.len() - MAX_SUBSCRIPTIONS_PER_CONNECTION;
+        let mut delete = Vec::new();
+        for (_, chat) in held.into_iter().take(excess) {
+            delete.push(keys::subscription_of(&chat, connection_id));
+            delete.push(keys::connection_subscription(connection_id, &chat));
+        }
+        self.delete_keys(delete).await
     }
 
     async fn unsubscribe(&self, chat_id: &ChatId, connection_id: &str) -> Result<(), StoreError> {
-        self.delete_keys(vec![(chat_pk(chat_id), format!("SUB#{connection_id}"))])
-            .await
+        self.delete_keys(vec![
+            keys::subscription(chat_id, connection_id),
+            keys::connection_subscription(connection_id, chat_id.as_str()),
+        ])
+        .await
     }
 
     async fn subscribers(&self, chat_id: &ChatId, now: Millis) -> Result<Vec<String>, StoreError> {
         let items = self
-            .query_all(
-                "pk = :p AND begins_with(sk, :s)",
-                vec![(":p", s(chat_pk(chat_id))), (":s", s("SUB#"))],
-                true,
-            )
+            .partition_prefix(&keys::chat_pk(chat_id), keys::SUBSCRIPTION_PREFIX)
             .await?;
         items
             .iter()
             .filter(|i| !expired(i, now))
-            .map(|i| get_s(i, "connectionId").map(str::to_owned))
+            .map(|i| get_s(i, attr::CONNECTION_ID).map(str::to_owned))
             .collect()
     }
 
-    /// One Query reads both: `SESSION` sorts between the `MSG#` items and the `SUB#` items.
+    /// One Query reads both: `SESSION` sorts between the `MSG#` and `RUN#` items and the `SUB#`
+    /// items.
     async fn session_and_subscribers(
         &self,
         chat_id: &ChatId,
@@ -834,9 +1135,9 @@ impl ChatStore for DynamoChatStore {
             .query_all(
                 "pk = :p AND sk BETWEEN :from AND :to",
                 vec![
-                    (":p", s(chat_pk(chat_id))),
-                    (":from", s("SESSION")),
-                    (":to", s("SUB$")),
+                    (":p", s(keys::chat_pk(chat_id))),
+                    (":from", s(keys::SESSION_SK)),
+                    (":to", s(keys::AFTER_SUBSCRIPTIONS)),
                 ],
                 true,
             )
@@ -844,10 +1145,10 @@ impl ChatStore for DynamoChatStore {
         let mut session = None;
         let mut subscribers = Vec::new();
         for item in &items {
-            match get_s(item, "sk")? {
-                "SESSION" => session = Some(session_from_item(item)?),
-                sk if sk.starts_with("SUB#") && !expired(item, now) => {
-                    subscribers.push(get_s(item, "connectionId")?.to_owned())
+            match get_s(item, keys::SK)? {
+                keys::SESSION_SK => session = Some(session_from_item(item)?),
+                sk if sk.starts_with(keys::SUBSCRIPTION_PREFIX) && !expired(item, now) => {
+                    subscribers.push(get_s(item, attr::CONNECTION_ID)?.to_owned())
                 }
                 _ => {}
             }
@@ -856,9 +1157,75 @@ impl ChatStore for DynamoChatStore {
     }
 }
 
-fn subscriptions_of(item: &Item) -> Vec<String> {
-    item.get("subscriptions")
+fn legacy_subscriptions(item: &Item) -> Vec<String> {
+    item.get(attr::LEGACY_SUBSCRIPTIONS)
         .and_then(|v| v.as_l().ok())
         .map(|l| l.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_delete_that_never_finishes_says_so() {
+        let mut attempts = 0;
+        let result = delete_until_done(vec![1, 2, 3], |pending| {
+            attempts += 1;
+            async move { Ok(pending[1..].iter().copied().chain([9]).collect()) }
+        })
+        .await;
+        assert_eq!(attempts, DELETE_ATTEMPTS);
+        match result {
+            Err(StoreError::Transient(m)) => assert!(m.contains("3 items"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delete_finishes_once_nothing_is_left_and_passes_errors_on() {
+        let mut attempts = 0;
+        let result = delete_until_done(vec![1, 2, 3], |mut pending| {
+            attempts += 1;
+            pending.pop();
+            async move { Ok(pending) }
+        })
+        .await;
+        assert!(result.is_ok());
+        assert_eq!(attempts, 3);
+        let failed = delete_until_done(vec![1], |_| async {
+            Err::<Vec<i32>, _>(StoreError::Backend("boom".into()))
+        })
+        .await;
+        assert!(matches!(failed, Err(StoreError::Backend(_))));
+    }
+
+    #[test]
+    fn keys_have_their_documented_shapes() {
+        let chat = ChatId::parse("c1").unwrap();
+        assert_eq!(
+            keys::chat(&chat),
+            Key {
+                pk: "CHAT#c1".into(),
+                sk: "CHAT".into()
+            }
+        );
+        assert_eq!(keys::message_sk(7), "MSG#0000000007");
+        assert_eq!(keys::event_sk(12), "EVT#000000000012");
+        assert_eq!(keys::subscription(&chat, "k").sk, "SUB#k");
+        assert_eq!(keys::connection_subscription("k", "c1").pk, "CONN#k");
+        assert_eq!(
+            keys::subscription_of("c1", "k"),
+            keys::subscription(&chat, "k")
+        );
+        assert_eq!(keys::run_marker(&chat, "r").sk, "RUN#r");
+        // The one-Query read of session and subscribers holds nothing else.
+        let sorted = |a: &str, b: &str| assert!(a < b, "{a} < {b}");
+        sorted(keys::LAST_MESSAGE_SK, keys::SESSION_SK);
+        sorted(&keys::run_marker(&chat, "zzz").sk, keys::SESSION_SK);
+        sorted(keys::SESSION_SK, "SUB#");
+        sorted("SUB#~~~~", keys::AFTER_SUBSCRIPTIONS);
+        assert_eq!(keys::owner_sk(5, &chat), "0000000000005#c1");
+    }
 }

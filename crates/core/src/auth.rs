@@ -385,3 +385,61 @@ mod tests {
         assert!(crate::config::check_token_secret(&"x".repeat(32)).is_ok());
     }
 }
+
+/// Token shapes chatrun never issues, for the authorization tests (feature `test-util`).
+#[cfg(any(test, feature = "test-util"))]
+pub mod forge {
+    use super::*;
+
+    /// A token with exactly these claims, signed with `secret` (HS256).
+    pub fn signed(secret: &str, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("HS256 signing of JSON claims cannot fail")
+    }
+
+    /// A token with these claims and `"alg": "none"`, unsigned.
+    pub fn unsigned(claims: &serde_json::Value) -> String {
+        format!(
+            "{}.{}.",
+            base64url(br#"{"alg":"none","typ":"JWT"}"#),
+            base64url(claims.to_string().as_bytes())
+        )
+    }
+
+    fn base64url(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn unsigned_tokens_are_refused() {
+        let now = 1_700_000_000_000i64;
+        let claims = serde_json::json!({"sub": "u1", "iss": ISSUER, "aud": USER_AUDIENCE,
+            "exp": now / 1000 + 60, "iat": now / 1000, "ver": now, "jti": "j"});
+        let issuer = TokenIssuer::new("0123456789abcdef0123456789abcdef");
+        assert!(
+            issuer
+                .verify(&signed("0123456789abcdef0123456789abcdef", &claims), now)
+                .is_ok()
+        );
+        assert!(issuer.verify(&unsigned(&claims), now).is_err());
+        assert_eq!(base64url(b"hi?"), "aGk_");
+        assert_eq!(base64url(b"h"), "aA");
+    }
+}

@@ -38,10 +38,17 @@ fn aws_error(status: StatusCode, kind: &str, message: &str) -> Response {
 /// The header a caller off loopback presents `CHAT_MANAGEMENT_SECRET` in.
 pub const SECRET_HEADER: &str = "x-chatrun-management-secret";
 
-/// Whether a caller may use the management API: from loopback always; from elsewhere only with
-/// the configured secret (compared in constant time).
-pub fn caller_allowed(peer: IpAddr, presented: Option<&[u8]>, secret: Option<&str>) -> bool {
-    if peer.to_canonical().is_loopback() {
+/// Whether a caller may use the management API: from this host always (loopback, or the
+/// address the gateway is bound to when that is a specific one: its own `--backend aws` client
+/// posts from there); from elsewhere only with the configured secret (compared in constant time).
+pub fn caller_allowed(
+    peer: IpAddr,
+    bound: IpAddr,
+    presented: Option<&[u8]>,
+    secret: Option<&str>,
+) -> bool {
+    let peer = peer.to_canonical();
+    if peer.is_loopback() || (!bound.is_unspecified() && peer == bound.to_canonical()) {
         return true;
     }
     match (presented, secret) {
@@ -71,7 +78,12 @@ pub async fn guard(
         .get(SECRET_HEADER)
         .map(|v| v.as_bytes().to_vec());
     let secret = gateway.options.settings.management_secret.as_deref();
-    if caller_allowed(peer.ip(), presented.as_deref(), secret) {
+    if caller_allowed(
+        peer.ip(),
+        gateway.options.host,
+        presented.as_deref(),
+        secret,
+    ) {
         return next.run(request).await;
     }
     tracing::warn!(peer = %peer, "refused a management API call from off loopback");
@@ -164,17 +176,25 @@ mod tests {
     #[test]
     fn only_loopback_or_the_secret_gets_in() {
         let lan: IpAddr = "192.168.1.20".parse().unwrap();
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
         let mapped_loopback: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         for peer in ["127.0.0.1", "::1"] {
-            assert!(caller_allowed(peer.parse().unwrap(), None, None));
+            assert!(caller_allowed(peer.parse().unwrap(), any, None, None));
         }
-        assert!(caller_allowed(mapped_loopback, None, None));
-        assert!(!caller_allowed(lan, None, None), "no secret configured");
-        assert!(!caller_allowed(lan, Some(b"s3cret"), None));
-        assert!(!caller_allowed(lan, None, Some("s3cret")));
-        assert!(!caller_allowed(lan, Some(b"s3cre"), Some("s3cret")));
-        assert!(!caller_allowed(lan, Some(b"s3creT"), Some("s3cret")));
-        assert!(!caller_allowed(lan, Some(b""), Some("")));
-        assert!(caller_allowed(lan, Some(b"s3cret"), Some("s3cret")));
+        assert!(caller_allowed(mapped_loopback, any, None, None));
+        assert!(
+            !caller_allowed(lan, any, None, None),
+            "no secret configured"
+        );
+        assert!(!caller_allowed(lan, any, Some(b"s3cret"), None));
+        assert!(!caller_allowed(lan, any, None, Some("s3cret")));
+        assert!(!caller_allowed(lan, any, Some(b"s3cre"), Some("s3cret")));
+        assert!(!caller_allowed(lan, any, Some(b"s3creT"), Some("s3cret")));
+        assert!(!caller_allowed(lan, any, Some(b""), Some("")));
+        assert!(caller_allowed(lan, any, Some(b"s3cret"), Some("s3cret")));
+        // Bound to a specific address, a caller from that address is this host.
+        assert!(caller_allowed(lan, lan, None, None));
+        let other: IpAddr = "192.168.1.21".parse().unwrap();
+        assert!(!caller_allowed(other, lan, None, None));
     }
 }

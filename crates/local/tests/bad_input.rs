@@ -3,6 +3,7 @@
 
 mod support;
 
+use futures::SinkExt;
 use serde_json::{Value, json};
 use support::{Applied, SECRET, TestApp, read_turn};
 
@@ -326,5 +327,149 @@ async fn http_api_validates_input_and_manages_chats() {
     assert_eq!(titles, ["Renamed chat", "question 2"]);
     let (status, _) = app.get_json("/api/nothing-here", &token).await;
     assert_eq!(status, 404);
+    app.server.stop().await.unwrap();
+}
+
+/// One case of `tests/corpus/`: a JSON header line, then the exact bytes to send.
+struct Case {
+    name: String,
+    header: Value,
+    payload: Vec<u8>,
+}
+
+fn corpus() -> Vec<Case> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "case"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            let split = bytes.iter().position(|b| *b == b'\n').unwrap();
+            let header: Value = serde_json::from_slice(&bytes[..split]).unwrap();
+            let mut payload = bytes[split + 1..].to_vec();
+            if let Some(size) = header["pad_to"].as_u64() {
+                let text = String::from_utf8(payload).unwrap();
+                let fill = (size as usize).saturating_sub(text.len() - "@PAD@".len());
+                payload = text.replace("@PAD@", &"x".repeat(fill)).into_bytes();
+            }
+            Case {
+                name: path.file_name().unwrap().to_string_lossy().into_owned(),
+                header,
+                payload,
+            }
+        })
+        .collect()
+}
+
+/// The bad input corpus: every WebSocket frame and HTTP request in `tests/corpus/` gets its
+/// documented answer, the socket stays usable unless API Gateway would close it, and the server
+/// never panics (a turn still runs at the end).
+#[tokio::test]
+async fn the_bad_input_corpus_gets_documented_errors_and_breaks_nothing() {
+    let app = TestApp::start(3000.0).await;
+    let (token, _) = app.guest().await;
+    let chat = "corpus-chat";
+    let mut client = app.connect(&token).await;
+    client.send_message(chat, "seed", "a chat to aim at").await;
+    read_turn(&mut client, &mut Applied::default()).await;
+    let cases = corpus();
+    let (mut frames, mut requests, mut closes) = (0, 0, 0);
+    for case in &cases {
+        let h = &case.header;
+        let payload = String::from_utf8_lossy(&case.payload).replace("{chat}", chat);
+        match h["kind"].as_str().unwrap() {
+            kind @ ("ws" | "ws-binary") => {
+                frames += 1;
+                if kind == "ws-binary" {
+                    client
+                        .ws
+                        .send(tokio_tungstenite::tungstenite::Message::Binary(
+                            case.payload.clone().into(),
+                        ))
+                        .await
+                        .unwrap();
+                } else {
+                    client.send_raw(payload.clone()).await;
+                }
+                if let Some(code) = h["close"].as_u64() {
+                    assert_eq!(client.closed().await, Some(code as u16), "{}", case.name);
+                    closes += 1;
+                    client = app.connect(&token).await;
+                } else {
+                    let error = client.recv_type("error").await;
+                    assert_eq!(error["code"], h["code"], "{}: {error}", case.name);
+                    assert!(
+                        !error["message"].as_str().unwrap_or_default().is_empty(),
+                        "{}",
+                        case.name
+                    );
+                    if let Some(request_id) = h["request_id"].as_str() {
+                        assert_eq!(error["requestId"], request_id, "{}", case.name);
+                    }
+                }
+                // The same socket still answers.
+                client.ping().await;
+            }
+            "http" => {
+                requests += 1;
+                let path = h["path"].as_str().unwrap().replace("{chat}", chat);
+                let mut request = app
+                    .http
+                    .request(
+                        h["method"].as_str().unwrap().parse().unwrap(),
+                        app.url(&path),
+                    )
+                    .bearer_auth(&token);
+                if !case.payload.is_empty() {
+                    let body =
+                        if case.payload.is_ascii() || std::str::from_utf8(&case.payload).is_ok() {
+                            payload.clone().into_bytes()
+                        } else {
+                            case.payload.clone()
+                        };
+                    request = request
+                        .header("content-type", "application/json")
+                        .body(body);
+                }
+                let r = request.send().await.unwrap();
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.unwrap_or(Value::Null);
+                assert_eq!(
+                    status as u64,
+                    h["status"].as_u64().unwrap(),
+                    "{}: {body}",
+                    case.name
+                );
+                if let Some(code) = h["code"].as_str() {
+                    assert_eq!(body["error"]["code"], code, "{}: {body}", case.name);
+                }
+                if let Some(title) = h["title"].as_str() {
+                    assert_eq!(body["title"], title, "{}: {body}", case.name);
+                }
+            }
+            other => panic!("{}: unknown kind {other}", case.name),
+        }
+    }
+    // Nothing broke: the server answers, the chat is intact, and a turn still runs.
+    let (status, _) = app.get_json("/api/health", &token).await;
+    assert_eq!(status, 200);
+    let stored = app.chat(chat, &token).await;
+    assert_eq!(stored["messages"].as_array().unwrap().len(), 2, "{stored}");
+    let mut fresh = app.connect(&token).await;
+    fresh
+        .send_message("after-corpus", "u-after", "still fine?")
+        .await;
+    read_turn(&mut fresh, &mut Applied::default()).await;
+    println!(
+        "bad input corpus: {} inputs ({frames} WebSocket frames, {requests} HTTP requests), \
+         each with its documented answer; {closes} closed the socket as API Gateway would; 0 panics",
+        cases.len()
+    );
+    assert!(cases.len() >= 50, "the corpus shrank: {}", cases.len());
     app.server.stop().await.unwrap();
 }

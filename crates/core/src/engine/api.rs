@@ -213,7 +213,8 @@ pub async fn get_chat(
 
 /// Renames a chat.
 /// # Errors
-/// `bad_request` for an empty title; titles longer than 80 characters are cut.
+/// `bad_request` for a title with nothing visible (control and bidirectional formatting characters
+/// are removed, see [`clean_title`]); titles longer than 80 characters are cut.
 pub async fn rename_chat(
     s: &Services,
     principal: &Principal,
@@ -223,7 +224,7 @@ pub async fn rename_chat(
     require_user(principal)?;
     s.owned_chat(&principal.user_id, &principal.grant, chat_id)
         .await?;
-    let title: String = title.split_whitespace().collect::<Vec<_>>().join(" ");
+    let title = clean_title(title);
     if title.is_empty() {
         return Err(ChatError::BadRequest("title must not be empty".into()));
     }
@@ -232,7 +233,32 @@ pub async fn rename_chat(
     Ok(ChatSummary::from(&chat))
 }
 
-/// Deletes a chat and everything of it.
+/// A title as shown in the sidebar: whitespace runs collapsed to one space, and no control
+/// characters or bidirectional formatting characters (which could make a title render as
+/// something else, e.g. reversed with U+202E).
+pub fn clean_title(raw: &str) -> String {
+    let visible: String = raw
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .filter(|c| !is_bidi_control(*c))
+        .collect();
+    visible.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// How long deleting a chat waits for its running turn to stop before deleting anyway (a turn
+/// whose worker vanished never answers; the stale-turn rules deal with it).
+const DELETE_WAITS_FOR_STOP: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Deletes a chat and everything of it. A reply still streaming is stopped first (the session's
+/// stop flag, as `stop` sets it) and given a moment to end, so the model stops streaming, and
+/// being paid for, instead of running on for a chat that is gone.
 pub async fn delete_chat(
     s: &Services,
     principal: &Principal,
@@ -241,13 +267,178 @@ pub async fn delete_chat(
     require_user(principal)?;
     s.owned_chat(&principal.user_id, &principal.grant, chat_id)
         .await?;
+    if request_stop(s, chat_id).await? {
+        let deadline = tokio::time::Instant::now() + DELETE_WAITS_FOR_STOP;
+        while tokio::time::Instant::now() < deadline {
+            match s.store.get_session(chat_id).await? {
+                Some(session) if session.streaming => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                _ => break,
+            }
+        }
+    }
     s.store.delete_chat(chat_id).await?;
     Ok(())
+}
+
+/// Sets the session's stop flag when a reply streams.
+/// # Returns
+/// Whether a reply was streaming.
+async fn request_stop(s: &Services, chat_id: &ChatId) -> Result<bool, ChatError> {
+    for _ in 0..8 {
+        let Some(session) = s.store.get_session(chat_id).await? else {
+            return Ok(false);
+        };
+        if !session.streaming {
+            return Ok(false);
+        }
+        if session.stop_requested {
+            return Ok(true);
+        }
+        let version = session.version;
+        let mut stopped = session;
+        stopped.stop_requested = true;
+        match s.store.put_session(&stopped, Some(version)).await {
+            Ok(_) => return Ok(true),
+            Err(crate::error::StoreError::Conflict(_)) => continue,
+            Err(other) => return Err(other.into()),
+        }
+    }
+    Err(ChatError::Internal {
+        message: "the session kept changing while a delete stopped its turn".into(),
+        retryable: true,
+    })
 }
 
 pub fn models(model: &dyn LanguageModel) -> ModelList {
     ModelList {
         models: model.models(),
         default: model.default_model(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::domain::{Chat, ChatSession};
+    use crate::ports::ChatStore;
+    use crate::testkit::memory::services;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[tokio::test]
+    async fn deleting_a_chat_stops_its_running_turn_first() {
+        let t = services(Settings::with_secret(SECRET));
+        let s = &t.services;
+        let now = s.now();
+        let chat_id = ChatId::parse("c1").unwrap();
+        s.store
+            .create_chat(&Chat {
+                id: chat_id.clone(),
+                owner_id: "u1".into(),
+                title: "t".into(),
+                model: "m".into(),
+                created_at: now,
+                updated_at: now,
+                message_count: 0,
+            })
+            .await
+            .unwrap();
+        // Built from JSON so fields added later with defaults need no change here.
+        let session: ChatSession = serde_json::from_value(serde_json::json!({
+            "chatId": "c1", "runId": "r1", "accessToken": "a", "lastEventId": 0, "turns": 0,
+            "status": "active", "endedReason": null, "streaming": true, "turnStartEventId": 1,
+            "assistantMessageId": "a1", "userMessageId": "m1", "stopRequested": false,
+            "turnStartedAt": now, "attempts": 1, "expiresAt": now + 3_600_000, "version": 0
+        }))
+        .unwrap();
+        s.store.put_session(&session, None).await.unwrap();
+        // The turn's worker: sees the stop flag, ends the turn.
+        let store = t.store.clone();
+        let worker_chat = chat_id.clone();
+        let worker = tokio::spawn(async move {
+            loop {
+                let current = store.get_session(&worker_chat).await.unwrap().unwrap();
+                if current.stop_requested {
+                    let version = current.version;
+                    let mut done = current;
+                    done.streaming = false;
+                    store.put_session(&done, Some(version)).await.unwrap();
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        let user = Principal {
+            user_id: "u1".into(),
+            grant: Grant::User,
+            issued_at: now,
+        };
+        delete_chat(s, &user, &chat_id).await.unwrap();
+        assert!(worker.await.unwrap(), "the worker was asked to stop");
+        assert!(s.store.get_chat(&chat_id).await.unwrap().is_none());
+        assert!(s.store.get_session(&chat_id).await.unwrap().is_none());
+
+        // Someone else's delete neither stops nor deletes, and answers like a missing chat.
+        let mallory = Principal {
+            user_id: "u2".into(),
+            ..user
+        };
+        let missing = delete_chat(s, &mallory, &ChatId::parse("c9").unwrap()).await;
+        assert_eq!(
+            missing.unwrap_err().code(),
+            crate::error::ErrorCode::NotFound
+        );
+    }
+
+    #[test]
+    fn titles_lose_control_and_bidi_characters() {
+        assert_eq!(clean_title("  a\tb\n\u{0}c  "), "a b c");
+        assert_eq!(clean_title("evil\u{202E}gnp.exe"), "evilgnp.exe");
+        assert_eq!(clean_title("\u{2066}\u{200F}\u{7}"), "");
+        assert_eq!(clean_title("caf\u{e9} \u{1F600}"), "caf\u{e9} \u{1F600}");
+    }
+
+    #[tokio::test]
+    async fn revoking_refuses_every_earlier_token_and_keeps_the_fresh_one() {
+        let t = services(Settings::with_secret(SECRET));
+        let s = &t.services;
+        let first = create_session(s, None).await.unwrap();
+        let chat_id = ChatId::parse("c1").unwrap();
+        let run = s
+            .tokens
+            .run_token(&first.user_id, &chat_id, "r1", s.now(), s.now() + 60_000);
+        let principal = authenticate(s, Some(&first.token)).await.unwrap();
+        t.clock.advance(10);
+        let fresh = revoke_sessions(s, &principal).await.unwrap();
+        assert_eq!(fresh.user_id, first.user_id);
+        for old in [&first.token, &run] {
+            assert_eq!(
+                verify_token(s, old).await.unwrap_err().code(),
+                crate::error::ErrorCode::Unauthorized
+            );
+        }
+        assert_eq!(
+            authenticate(s, Some(&fresh.token)).await.unwrap().user_id,
+            first.user_id
+        );
+        // A refused token asking for a session gets a new guest, not the revoked user back.
+        let renewed = create_session(s, Some(&first.token)).await.unwrap();
+        assert_ne!(renewed.user_id, first.user_id);
+        // An access token never turns into a user token.
+        let run_now = s.tokens.run_token(
+            &first.user_id,
+            &chat_id,
+            "r1",
+            s.now() + 5,
+            s.now() + 60_000,
+        );
+        t.clock.advance(10);
+        assert_eq!(
+            create_session(s, Some(&run_now)).await.unwrap_err().code(),
+            crate::error::ErrorCode::Forbidden
+        );
     }
 }

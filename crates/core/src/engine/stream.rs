@@ -3,7 +3,7 @@
 use super::Services;
 use crate::config::MAX_CLIENT_FRAME_BYTES;
 use crate::domain::{Connection, StreamEvent};
-use crate::error::ChatError;
+use crate::error::{ChatError, PostError};
 use crate::protocol::{ChatRequest, Resume, ServerFrame};
 
 /// A replay frame is cut at about this many bytes of chunks (API Gateway's frame size).
@@ -39,35 +39,81 @@ pub async fn resume(s: &Services, conn: &Connection, req: &Resume) -> Result<(),
         0
     };
     let replay_through = s.store.last_event_id(&session.run_id, now).await?;
-    s.post(
+    let subscribed = ServerFrame::Subscribed {
+        request_id: req.request_id.clone(),
+        chat_id: req.chat_id.clone(),
+        run_id: Some(session.run_id.clone()),
+        streaming: session.streaming,
+        replay_through,
+    };
+    if !post_paced(
+        s,
         &conn.connection_id,
-        &ServerFrame::Subscribed {
-            request_id: req.request_id.clone(),
-            chat_id: req.chat_id.clone(),
-            run_id: Some(session.run_id.clone()),
-            streaming: session.streaming,
-            replay_through,
-        },
+        &subscribed.to_json(),
+        REPLAY_PATIENCE,
     )
-    .await;
+    .await
+    {
+        return Ok(());
+    }
     if from >= replay_through {
         return Ok(());
     }
     let events = s.store.events_after(&session.run_id, from, now).await?;
     for frame in replay_frames(&events, from, replay_through) {
-        s.post(
-            &conn.connection_id,
-            &ServerFrame::Events {
-                chat_id: req.chat_id.clone(),
-                run_id: session.run_id.clone(),
-                first_event_id: frame.0,
-                chunks: frame.1,
-                replay: true,
-            },
-        )
-        .await;
+        let frame = ServerFrame::Events {
+            chat_id: req.chat_id.clone(),
+            run_id: session.run_id.clone(),
+            first_event_id: frame.0,
+            chunks: frame.1,
+            replay: true,
+        };
+        if !post_paced(s, &conn.connection_id, &frame.to_json(), REPLAY_PATIENCE).await {
+            // Stop rather than skip: the client sees where the replay ended, and asks again
+            // from there once its gap timer runs out (DESIGN §6.2).
+            break;
+        }
     }
     Ok(())
+}
+
+/// How long a replay waits, in all, for a connection's full send buffer to drain.
+const REPLAY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Posts one replay frame, waiting with a growing pause while the connection answers
+/// `Transient` (its send buffer is full, or API Gateway throttles), so that a replay larger
+/// than the buffer is paced instead of losing frames from its middle.
+///
+/// # Returns
+/// Whether the frame was delivered; `false` ends the replay (gone, refused, or still full
+/// after `patience`).
+async fn post_paced(
+    s: &Services,
+    connection_id: &str,
+    text: &str,
+    patience: std::time::Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match s.connections.post(connection_id, text).await {
+            Ok(()) => return true,
+            Err(PostError::Transient(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(250));
+            }
+            Err(PostError::Gone) => {
+                if let Err(e) = s.store.delete_connection(connection_id).await {
+                    tracing::warn!(connection_id, error = %e, "could not forget a gone connection");
+                }
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(connection_id, error = %e, "replay stopped");
+                return false;
+            }
+        }
+    }
 }
 
 /// Groups the chunks with ids in `(after, through]` into frames of consecutive ids, each about
@@ -133,6 +179,120 @@ pub async fn unsubscribe(
 mod tests {
     use super::*;
     use crate::chunk::UIMessageChunk;
+
+    /// A connection whose send buffer holds `room` frames and drains one every few posts.
+    struct SmallBuffer {
+        delivered: std::sync::Mutex<Vec<String>>,
+        refusals: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::ports::Connections for SmallBuffer {
+        async fn post(&self, _connection_id: &str, frame: &str) -> Result<(), PostError> {
+            // Every other post finds the buffer full.
+            let n = self
+                .refusals
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n.is_multiple_of(2) {
+                return Err(PostError::Transient("buffer full".into()));
+            }
+            self.delivered.lock().unwrap().push(frame.to_owned());
+            Ok(())
+        }
+
+        async fn close(&self, _connection_id: &str) -> Result<(), PostError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replay_bigger_than_the_send_buffer_is_paced_not_gapped() {
+        use crate::config::Settings;
+        use crate::domain::{Chat, ChatSession, Grant};
+        let mut t = crate::testkit::memory::services(Settings::with_secret(
+            "0123456789abcdef0123456789abcdef",
+        ));
+        let buffer = std::sync::Arc::new(SmallBuffer {
+            delivered: Default::default(),
+            refusals: Default::default(),
+        });
+        t.services.connections = buffer.clone();
+        let s = &t.services;
+        let now = s.now();
+        let chat_id = crate::domain::ChatId::parse("c1").unwrap();
+        s.store
+            .create_chat(&Chat {
+                id: chat_id.clone(),
+                owner_id: "u1".into(),
+                title: "t".into(),
+                model: "m".into(),
+                created_at: now,
+                updated_at: now,
+                message_count: 0,
+            })
+            .await
+            .unwrap();
+        s.store
+            .put_session(
+                &serde_json::from_value::<ChatSession>(serde_json::json!({
+                    "chatId": "c1", "runId": "r1", "accessToken": "a", "lastEventId": 0,
+                    "turns": 0, "status": "active", "endedReason": null, "streaming": true,
+                    "turnStartEventId": 1, "assistantMessageId": "a1", "userMessageId": "m1",
+                    "stopRequested": false, "turnStartedAt": now, "attempts": 1,
+                    "expiresAt": now + 3_600_000, "version": 0
+                }))
+                .unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        let big = "x".repeat(20_000);
+        for i in 0..30 {
+            s.store
+                .append_event(&StreamEvent {
+                    run_id: "r1".into(),
+                    first_event_id: i + 1,
+                    chunks: vec![delta(&big)],
+                    expires_at: now + 86_400_000,
+                })
+                .await
+                .unwrap();
+        }
+        let conn = Connection {
+            connection_id: "k1".into(),
+            owner_id: "u1".into(),
+            grant: Grant::User,
+            connected_at: now,
+            expires_at: now + 3_600_000,
+        };
+        s.store.put_connection(&conn).await.unwrap();
+        let req = Resume {
+            request_id: None,
+            chat_id: chat_id.clone(),
+            run_id: None,
+            last_event_id: 0,
+        };
+        resume(s, &conn, &req).await.unwrap();
+        let delivered = buffer.delivered.lock().unwrap().clone();
+        let frames: Vec<serde_json::Value> = delivered
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        assert_eq!(
+            frames[0]["type"], "subscribed",
+            "first, and not lost either"
+        );
+        let mut next = 1;
+        for frame in &frames[1..] {
+            assert_eq!(frame["firstEventId"], next, "no gap");
+            next += frame["chunks"].as_array().unwrap().len() as u64;
+        }
+        assert_eq!(next, 31, "every event arrived");
+        assert!(
+            buffer.refusals.load(std::sync::atomic::Ordering::SeqCst) > delivered.len(),
+            "the buffer was full along the way"
+        );
+    }
 
     fn delta(t: &str) -> UIMessageChunk {
         UIMessageChunk::TextDelta {
