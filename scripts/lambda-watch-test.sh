@@ -42,16 +42,20 @@ for _ in $(seq 1 20); do
 done
 wait_port "$SERVE_PORT"
 QUEUE_URL="http://127.0.0.1:$MOTO_PORT/123456789012/chatrun-turns.fifo"
+DLQ_URL="http://127.0.0.1:$MOTO_PORT/123456789012/chatrun-turns-dlq.fifo"
+DLQ_ARN="arn:aws:sqs:us-east-1:123456789012:chatrun-turns-dlq.fifo"
 
 FEATURES=chatrun-connect/lambda,chatrun-send-message/lambda,chatrun-run-turn/lambda,chatrun-stream-out/lambda,chatrun-api/lambda
+# Host debug builds: written where no deploy looks (infra builds its own, for arm64).
 echo "== cargo lambda build"
-cargo lambda build --features "$FEATURES" --bin connect --bin send-message --bin run-turn --bin stream-out --bin api 2>&1 | tail -2
+cargo lambda build --lambda-dir target/lambda-test --features "$FEATURES" --bin connect --bin send-message --bin run-turn --bin stream-out --bin api 2>&1 | tail -2
 for f in connect send-message run-turn stream-out api; do
-  [ -x "target/lambda/$f/bootstrap" ] || fail "no bootstrap for $f"
+  [ -x "target/lambda-test/$f/bootstrap" ] || fail "no bootstrap for $f"
 done
 
 cargo lambda watch -A 127.0.0.1 -P "$WATCH_PORT" --features "$FEATURES" \
   --env-var "CHAT_TABLE_NAME=chatrun" --env-var "CHAT_TURN_QUEUE_URL=$QUEUE_URL" \
+  --env-var "CHAT_DEAD_LETTER_QUEUE_URL=$DLQ_URL" --env-var "CHAT_DEAD_LETTER_QUEUE_ARN=$DLQ_ARN" \
   --env-var "CHAT_TOKEN_SECRET=$SECRET" --env-var "CHAT_WS_MANAGEMENT_ENDPOINT=http://127.0.0.1:$SERVE_PORT" \
   --env-var "AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$DDB_PORT" --env-var "AWS_ENDPOINT_URL_SQS=http://127.0.0.1:$MOTO_PORT" \
   --env-var "AWS_ACCESS_KEY_ID=test" --env-var "AWS_SECRET_ACCESS_KEY=test" --env-var "AWS_REGION=us-east-1" \

@@ -1,15 +1,24 @@
-//! What every Lambda `main` does at cold start, once: JSON logs for CloudWatch, settings from the
-//! environment (failing with a clear message), secrets from Secrets Manager, clients built once.
+//! What a Lambda `main` needs from AWS at cold start, whichever adapters it picks: JSON logs for
+//! CloudWatch, the SDK configuration, settings that must be present, and secrets from Secrets
+//! Manager. Choosing the adapters is each function's own `main` (`functions/*/src/main.rs`), so
+//! a function builds, and links, only the SDK clients it calls.
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use aws_config::environment::{
+    EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
+};
 use chatrun_core::auth::TokenIssuer;
-use chatrun_core::config::{AwsSettings, ConfigError, ModelSettings, Settings};
+use chatrun_core::config::{AwsSettings, ConfigError, ModelSettings, Settings, check_token_secret};
+use chatrun_core::domain::TurnJob;
 use chatrun_core::engine::Services;
+use chatrun_core::error::{PostError, QueueError};
 use chatrun_core::hooks::NoHooks;
-use chatrun_core::ports::{SystemClock, UuidIds};
-
-use crate::{ApiGwConnections, DynamoChatStore, SqsTurnQueue};
+use chatrun_core::ports::{ChatStore, Connections, SystemClock, TurnQueue, UuidIds};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// A cold start that cannot work: the function fails to initialise, and the log says why.
 #[derive(Debug, thiserror::Error)]
@@ -20,90 +29,200 @@ pub enum ColdStartError {
     Secret { arn: String, message: String },
 }
 
-/// Structured JSON logs (one object a line), as CloudWatch Logs Insights reads them.
+/// Structured JSON logs (one object a line), as CloudWatch Logs Insights reads them, filtered by
+/// `RUST_LOG` (`info`, or `info,chatrun_core=debug`: levels per target, default `info`). The
+/// filter is `Targets`, not `EnvFilter`, which would link a regex engine into every function.
 pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    let filter: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| spec.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(false)
+                .without_time(),
         )
-        .with_current_span(false)
-        .without_time()
+        .with(filter)
         .init();
 }
 
-/// What the functions share, built once per execution environment.
-pub struct Wiring {
-    pub services: Services,
-    pub sdk: aws_config::SdkConfig,
-    pub aws: AwsSettings,
+/// The SDK configuration of the execution environment: region and credentials from the
+/// variables Lambda sets (`AWS_REGION`, `AWS_ACCESS_KEY_ID`...), so neither the instance
+/// metadata client nor the STS-backed credential providers of the default chains are built or
+/// linked; `AWS_ENDPOINT_URL*` still point the clients at emulators.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(EnvironmentVariableRegionProvider::new())
+        .credentials_provider(EnvironmentVariableCredentialsProvider::new())
+        .load()
+        .await
 }
 
-async fn secret(sdk: &aws_config::SdkConfig, arn: &str) -> Result<String, ColdStartError> {
+/// A setting this function cannot run without.
+/// # Errors
+/// `name` is unset or empty.
+pub fn required(value: &Option<String>, name: &'static str) -> Result<String, ConfigError> {
+    value.clone().ok_or(ConfigError {
+        name,
+        problem: "must be set for this function".into(),
+    })
+}
+
+/// The value of a string secret.
+/// # Errors
+/// The secret cannot be read, or holds binary data.
+pub async fn read_secret(sdk: &aws_config::SdkConfig, arn: &str) -> Result<String, ColdStartError> {
+    let failed = |message: String| ColdStartError::Secret {
+        arn: arn.into(),
+        message,
+    };
     aws_sdk_secretsmanager::Client::new(sdk)
         .get_secret_value()
         .secret_id(arn)
         .send()
         .await
-        .map_err(|e| ColdStartError::Secret {
-            arn: arn.into(),
-            message: format!("{e:?}"),
-        })?
+        .map_err(|e| failed(format!("{e:?}")))?
         .secret_string
-        .ok_or_else(|| ColdStartError::Secret {
-            arn: arn.into(),
-            message: "not a string secret".into(),
-        })
+        .ok_or_else(|| failed("not a string secret".into()))
 }
 
-/// Reads the settings and secrets and builds the adapters.
+/// The engine's settings, with the token key from Secrets Manager when `CHAT_TOKEN_SECRET_ARN`
+/// names it (it never sits in the function's environment then).
 /// # Errors
-/// A missing or malformed setting, or a secret that cannot be read.
-pub async fn cold_start() -> Result<Wiring, ColdStartError> {
-    let aws = AwsSettings::from_env()?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+/// A malformed setting, a secret that cannot be read, or a token key that is too short.
+pub async fn settings(
+    sdk: &aws_config::SdkConfig,
+    aws: &AwsSettings,
+) -> Result<Settings, ColdStartError> {
     let mut settings = Settings::from_env(aws.token_secret_arn.is_none())?;
     if let Some(arn) = &aws.token_secret_arn {
-        settings.token_secret = secret(&sdk, arn).await?;
+        settings.token_secret = read_secret(sdk, arn).await?;
+        check_token_secret(&settings.token_secret)?;
     }
-    let endpoint = aws.management_endpoint.clone().ok_or(ConfigError {
-        name: "CHAT_WS_MANAGEMENT_ENDPOINT",
-        problem: "must name the WebSocket API's management endpoint".into(),
-    })?;
-    let store = DynamoChatStore::new(aws_sdk_dynamodb::Client::new(&sdk), aws.table_name.clone());
-    let queue = SqsTurnQueue::producer(
-        aws_sdk_sqs::Client::new(&sdk),
-        aws.turn_queue_url.clone().unwrap_or_default(),
-    );
-    let services = Services {
-        store: Arc::new(store),
-        queue: Arc::new(queue),
-        connections: Arc::new(ApiGwConnections::for_endpoint(&sdk, &endpoint)),
+    Ok(settings)
+}
+
+/// The model settings, with the API key from Secrets Manager when
+/// `CHAT_MODEL_API_KEY_SECRET_ARN` names one (never from a plain environment variable there).
+/// # Errors
+/// A malformed model setting, or a secret that cannot be read.
+pub async fn model_settings(
+    sdk: &aws_config::SdkConfig,
+    aws: &AwsSettings,
+) -> Result<ModelSettings, ColdStartError> {
+    let Some(arn) = &aws.model_api_key_secret_arn else {
+        return Ok(ModelSettings::from_env()?);
+    };
+    let api_key = read_secret(sdk, arn).await?;
+    let base_url = std::env::var("OPENAI_BASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let model = std::env::var("CHAT_MODEL").unwrap_or_else(|_| "gpt-4o-mini".into());
+    Ok(ModelSettings::OpenAi {
+        api_key,
+        base_url,
+        model,
+    })
+}
+
+/// The engine's services on the given store, queue and connections, with the system clock,
+/// UUID ids and no lifecycle hooks.
+pub fn services(
+    settings: Settings,
+    store: Arc<dyn ChatStore>,
+    queue: Arc<dyn TurnQueue>,
+    connections: Arc<dyn Connections>,
+) -> Services {
+    Services {
+        store,
+        queue,
+        connections,
         hooks: Arc::new(NoHooks),
         clock: Arc::new(SystemClock),
         ids: Arc::new(UuidIds),
         tokens: TokenIssuer::new(&settings.token_secret),
         settings: Arc::new(settings),
-    };
-    Ok(Wiring { services, sdk, aws })
+    }
 }
 
-/// The model settings, with the API key from Secrets Manager when
-/// `CHAT_MODEL_API_KEY_SECRET_ARN` names one (never from a plain environment variable there).
-pub async fn model_settings(wiring: &Wiring) -> Result<ModelSettings, ColdStartError> {
-    match &wiring.aws.model_api_key_secret_arn {
-        Some(arn) => {
-            let api_key = secret(&wiring.sdk, arn).await?;
-            let base_url = std::env::var("OPENAI_BASE_URL")
-                .ok()
-                .filter(|v| !v.is_empty());
-            let model = std::env::var("CHAT_MODEL").unwrap_or_else(|_| "gpt-4o-mini".into());
-            Ok(ModelSettings::OpenAi {
-                api_key,
-                base_url,
-                model,
-            })
-        }
-        None => Ok(ModelSettings::from_env()?),
+/// The port a function's routes never use (`connect` neither queues turns nor posts frames):
+/// wiring it instead of a real client keeps that client out of the function's binary. A call
+/// reaching it is a bug in the wiring and fails loudly.
+#[derive(Debug, Clone, Copy)]
+pub struct NotWired {
+    /// The function, for the error message.
+    pub function: &'static str,
+}
+
+#[async_trait]
+impl TurnQueue for NotWired {
+    async fn enqueue(&self, _job: &TurnJob) -> Result<(), QueueError> {
+        tracing::error!(
+            function = self.function,
+            "enqueue on a function without the turn queue"
+        );
+        Err(QueueError::Backend(format!(
+            "{} is not wired to the turn queue",
+            self.function
+        )))
+    }
+}
+
+#[async_trait]
+impl Connections for NotWired {
+    async fn post(&self, _connection_id: &str, _frame: &str) -> Result<(), PostError> {
+        tracing::error!(
+            function = self.function,
+            "post on a function without @connections"
+        );
+        Err(PostError::Backend(format!(
+            "{} is not wired to @connections",
+            self.function
+        )))
+    }
+
+    async fn close(&self, connection_id: &str) -> Result<(), PostError> {
+        self.post(connection_id, "").await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn not_wired_ports_refuse_every_call() {
+        let port = NotWired {
+            function: "connect",
+        };
+        let job = TurnJob {
+            chat_id: chatrun_core::domain::ChatId::parse("chat-1").expect("a valid id"),
+            run_id: "run-1".into(),
+            user_message_id: "u1".into(),
+            assistant_message_id: "a1".into(),
+            trigger: chatrun_core::domain::Trigger::SubmitMessage,
+        };
+        let err = TurnQueue::enqueue(&port, &job).await.unwrap_err();
+        assert!(err.to_string().contains("connect is not wired"), "{err}");
+        assert!(matches!(
+            Connections::post(&port, "id", "{}").await,
+            Err(PostError::Backend(_))
+        ));
+        assert!(matches!(
+            Connections::close(&port, "id").await,
+            Err(PostError::Backend(_))
+        ));
+    }
+
+    #[test]
+    fn a_missing_required_setting_names_itself() {
+        let err = required(&None, "CHAT_TURN_QUEUE_URL").unwrap_err();
+        assert_eq!(err.name, "CHAT_TURN_QUEUE_URL");
+        assert_eq!(
+            required(&Some("u".into()), "CHAT_TURN_QUEUE_URL").unwrap(),
+            "u"
+        );
     }
 }

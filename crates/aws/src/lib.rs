@@ -1,15 +1,15 @@
 //! # chatrun-aws
 //!
-//! The production adapters, on the real `aws-sdk-*` clients, and the wiring the Lambda `main`s
-//! share.
+//! The production adapters, on the real `aws-sdk-*` clients, and the cold-start steps the Lambda
+//! `main`s share. Which adapters a function uses is chosen in its own `main`.
 //!
 //! # Layout
 //! - [`dynamo`]: `DynamoChatStore`, the single table of DESIGN §3.
 //! - [`sqs`]: `SqsTurnQueue`, the FIFO turn queue and its dead-letter queue.
 //! - [`apigw`]: `ApiGwConnections`, API Gateway's `@connections` management API.
 //! - `emulators` (feature `emulators`): DynamoDB Local and moto, started for tests.
-//! - [`lambda`]: what every Lambda `main` does at cold start (JSON logs, settings, secrets,
-//!   clients built once).
+//! - [`lambda`]: cold-start steps every Lambda `main` shares (JSON logs, SDK configuration,
+//!   required settings, Secrets Manager), and `NotWired` for the ports a function never uses.
 
 pub mod apigw;
 pub mod dynamo;
