@@ -259,7 +259,9 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     this.send({
       action: 'stop',
       chatId,
-      ...(state.runId ? { runId: state.runId } : {}),
+      // With the last event this page showed, so the stored reply ends exactly where the
+      // text froze on screen (events already in flight are not kept).
+      ...(state.runId ? { runId: state.runId, lastEventId: state.lastApplied } : {}),
       ...(turn ? { assistantMessageId: turn } : {}),
     });
   }

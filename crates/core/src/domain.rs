@@ -140,6 +140,10 @@ pub struct ChatSession {
     /// The running turn's user message id.
     pub user_message_id: Option<String>,
     pub stop_requested: bool,
+    /// With a stop: the last event the stopping client had shown. The stored reply is cut back
+    /// to it, so it is exactly the text that was on screen when Stop was pressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_event_id: Option<u64>,
     /// When the running turn started (to recognise a turn whose worker vanished).
     pub turn_started_at: Option<Millis>,
     /// How many times run-turn has claimed the running turn.

@@ -66,6 +66,10 @@ pub struct ChatRequest {
     /// `stop` only: the assistant message id of the turn to stop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assistant_message_id: Option<String>,
+    /// `stop` only, with `runId`: the last event of that run the client had shown. The stored
+    /// reply ends there, so it is exactly what was on screen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_id: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -170,7 +174,9 @@ impl ClientFrame {
                 }
             }
             ClientFrame::Unsubscribe(r)
-                if r.run_id.is_some() || r.assistant_message_id.is_some() =>
+                if r.run_id.is_some()
+                    || r.assistant_message_id.is_some()
+                    || r.last_event_id.is_some() =>
             {
                 return Err(ChatError::BadRequest(
                     "unsubscribe names only a chatId".into(),

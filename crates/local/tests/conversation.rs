@@ -291,6 +291,48 @@ async fn stop_keeps_exactly_the_streamed_text() {
 }
 
 #[tokio::test]
+async fn a_stop_naming_the_last_event_shown_stores_exactly_the_text_on_screen() {
+    let app = TestApp::start(40.0).await;
+    let (token, _) = app.guest().await;
+    let chat_id = "chat-stop-at";
+    let mut client = app.connect(&token).await;
+    let ack = client
+        .send_message(
+            chat_id,
+            "u1",
+            "Write a long story about a lighthouse keeper",
+        )
+        .await;
+    let mut applied = Applied::default();
+    while applied.chunks.len() < 6 {
+        let frame = client.recv().await;
+        if frame["type"] == "events" {
+            applied.apply(&frame);
+        }
+    }
+    // What the page shows at the click; frames already on their way are not kept.
+    let on_screen = applied.message().text();
+    let shown = applied.last;
+    client
+        .send(
+            json!({"action": "stop", "requestId": "s1", "chatId": chat_id,
+                     "runId": ack["runId"], "assistantMessageId": ack["assistantMessageId"],
+                     "lastEventId": shown}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    read_turn(&mut client, &mut applied).await;
+    let stored = app.chat(chat_id, &token).await;
+    assert_eq!(stored["session"]["streaming"], false);
+    assert_eq!(
+        user_and_text(&stored["messages"][1]).1,
+        on_screen,
+        "the stored reply ends where the screen froze"
+    );
+    app.server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn max_turns_and_idle_expiry_start_new_sessions_with_history_intact() {
     let app = TestApp::start_with(3000.0, |o| {
         o.settings.max_turns = 2;

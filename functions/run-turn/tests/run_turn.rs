@@ -492,3 +492,181 @@ async fn a_model_silent_past_the_stall_limit_is_cancelled_and_retried() {
         "put back after the first backoff: {changes:?}"
     );
 }
+
+#[tokio::test]
+async fn the_same_job_delivered_two_and_three_times_at_once_stores_one_reply() {
+    for copies in [2usize, 3] {
+        let h = harness().await;
+        let chat_id = format!("chat-copies-{copies}");
+        let job = send(&h, &chat_id, "u1").await;
+        let deliveries = (0..copies).map(|i| {
+            let deps = h.deps.clone();
+            let record = job_record(&format!("m{i}"), &job);
+            tokio::spawn(async move { handle(&deps, batch(vec![record])).await })
+        });
+        for delivery in futures::future::join_all(deliveries).await {
+            assert!(delivery.unwrap().batch_item_failures.is_empty());
+        }
+        let chat = ChatId::parse(&chat_id).unwrap();
+        let messages = h.t.store.messages(&chat).await.unwrap();
+        assert_eq!(messages.len(), 2, "{copies} deliveries, one reply");
+        assert_eq!(messages[1].text(), REPLY);
+        assert_eq!(frames_of_type(&h, "turn-complete").len(), 1);
+        // Whatever the copies did, the events a client replays build exactly one reply.
+        let events = h.t.store.events_after(&job.run_id, 0, 0).await.unwrap();
+        let starts = events
+            .iter()
+            .flat_map(|e| &e.chunks)
+            .filter(|c| matches!(c, UIMessageChunk::Start { .. }))
+            .count();
+        assert_eq!(starts, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_worker_whose_turn_was_taken_over_by_a_new_session_stops_appending() {
+    let slow = Arc::new(SlowModel {
+        per_token: Duration::from_millis(50),
+        tokens: 40,
+        first_token_at: Mutex::new(Vec::new()),
+    });
+    let h = harness_with(settings(), Some(slow)).await;
+    let job = send(&h, "chat-stale", "u1").await;
+    let chat = ChatId::parse("chat-stale").unwrap();
+    let deps = h.deps.clone();
+    let record = job_record("m1", &job);
+    let started = Instant::now();
+    let worker = tokio::spawn(async move { handle(&deps, batch(vec![record])).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The turn outlived the stale limit and a new message started a new session.
+    let old = h.t.store.get_session(&chat).await.unwrap().unwrap();
+    let mut replacement = old.clone();
+    replacement.run_id = "run-new".into();
+    replacement.assistant_message_id = Some("a-new".into());
+    h.t.store
+        .put_session(&replacement, Some(old.version))
+        .await
+        .unwrap();
+    let response = worker.await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_millis(41 * 50),
+        "the worker stopped before the model finished"
+    );
+    assert_eq!(
+        h.t.store.messages(&chat).await.unwrap().len(),
+        1,
+        "no reply stored"
+    );
+    assert!(frames_of_type(&h, "turn-complete").is_empty());
+    let after = h.t.store.last_event_id(&job.run_id, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        h.t.store.last_event_id(&job.run_id, 0).await.unwrap(),
+        after,
+        "nothing appended after it stopped"
+    );
+}
+
+/// Kills the worker (aborts its invocation at whatever await it is at, as a crash would leave
+/// the store) at pseudo-random points of a turn, then lets the queue redeliver the job.
+/// 20 kills here; `CHATRUN_LONG=1` makes it 500.
+#[tokio::test]
+async fn a_worker_killed_at_random_points_never_loses_or_doubles_a_reply() {
+    let kills: u64 = if std::env::var_os("CHATRUN_LONG").is_some() {
+        500
+    } else {
+        20
+    };
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let (mut mid_stream, mut before_stream, mut after_reply) = (0, 0, 0);
+    for kill in 0..kills {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let at = Duration::from_millis((seed >> 33) % 90);
+        let slow = Arc::new(SlowModel {
+            per_token: Duration::from_millis(3),
+            tokens: 20,
+            first_token_at: Mutex::new(Vec::new()),
+        });
+        let h = harness_with(settings(), Some(slow)).await;
+        let chat_id = format!("chat-kill-{kill}");
+        let job = send(&h, &chat_id, "u1").await;
+        let deps = h.deps.clone();
+        let record = job_record("m1", &job);
+        let worker = tokio::spawn(async move { handle(&deps, batch(vec![record])).await });
+        tokio::time::sleep(at).await;
+        worker.abort();
+        let _ = worker.await;
+        let chat = ChatId::parse(&chat_id).unwrap();
+        let persisted = h.t.store.last_event_id(&job.run_id, 0).await.unwrap();
+        let stored_before = h.t.store.messages(&chat).await.unwrap().len();
+        match (persisted, stored_before) {
+            (_, 2) => after_reply += 1,
+            (0, _) => before_stream += 1,
+            _ => mid_stream += 1,
+        }
+        // The job comes back after its lease; redeliver until it is acknowledged.
+        let mut acknowledged = false;
+        for _ in 0..3 {
+            if handle(&h.deps, batch(vec![job_record("m1", &job)]))
+                .await
+                .batch_item_failures
+                .is_empty()
+            {
+                acknowledged = true;
+                break;
+            }
+        }
+        assert!(
+            acknowledged,
+            "kill {kill} at {at:?}: the redelivery finished the turn"
+        );
+        let messages = h.t.store.messages(&chat).await.unwrap();
+        assert_eq!(
+            messages[0].id, "u1",
+            "kill {kill}: the user's message stays"
+        );
+        let chunks: Vec<UIMessageChunk> =
+            h.t.store
+                .events_after(&job.run_id, 0, 0)
+                .await
+                .unwrap()
+                .into_iter()
+                .flat_map(|e| e.chunks)
+                .collect();
+        let starts = chunks
+            .iter()
+            .filter(|c| matches!(c, UIMessageChunk::Start { .. }))
+            .count();
+        let finishes = chunks.iter().filter(|c| c.is_finish()).count();
+        assert_eq!(
+            (starts, finishes),
+            (1, 1),
+            "kill {kill}: one reply streamed, never two"
+        );
+        let errored = chunks
+            .iter()
+            .any(|c| matches!(c, UIMessageChunk::Error { .. }));
+        assert!(
+            messages.len() == 2 || errored,
+            "kill {kill}: a reply or a visible error: {messages:?}"
+        );
+        assert!(messages.len() <= 2, "kill {kill}: at most one reply");
+        let seen_starts: usize = frames_of_type(&h, "events")
+            .iter()
+            .flat_map(|f| f["chunks"].as_array().unwrap().clone())
+            .filter(|c| c["type"] == "start")
+            .count();
+        assert!(seen_starts <= 1, "kill {kill}: the client saw one reply");
+        let session = h.t.store.get_session(&chat).await.unwrap().unwrap();
+        assert!(
+            !session.streaming,
+            "kill {kill}: the chat takes a new message"
+        );
+    }
+    println!(
+        "{kills} kills survived: {before_stream} before the first frame, {mid_stream} mid-stream, {after_reply} after the reply was stored"
+    );
+}

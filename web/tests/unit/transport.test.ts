@@ -162,7 +162,7 @@ describe('WebSocketChatTransport', () => {
     const { socket } = await start(t, controller.signal);
     controller.abort();
     await tick();
-    expect(socket.last('stop')).toEqual({ action: 'stop', chatId: 'c1', runId: 'run1', assistantMessageId: 'msg-assistant-1' });
+    expect(socket.last('stop')).toEqual({ action: 'stop', chatId: 'c1', runId: 'run1', lastEventId: 0, assistantMessageId: 'msg-assistant-1' });
     t.stopTurn('c1'); // the page's Stop button as well: one stop per turn
     await tick();
     expect(socket.sent.filter((f) => f.action === 'stop')).toHaveLength(1);
@@ -174,7 +174,7 @@ describe('WebSocketChatTransport', () => {
     await t.reconnectToStream({ chatId: 'c1' });
     t.stopTurn('c1');
     await tick();
-    expect(FakeSocket.all[0].last('stop')).toEqual({ action: 'stop', chatId: 'c1', runId: 'run1', assistantMessageId: 'msg-assistant-1' });
+    expect(FakeSocket.all[0].last('stop')).toEqual({ action: 'stop', chatId: 'c1', runId: 'run1', lastEventId: 0, assistantMessageId: 'msg-assistant-1' });
   });
 
   it('rejects a refused send with the server error', async () => {

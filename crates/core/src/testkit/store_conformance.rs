@@ -41,6 +41,7 @@ fn session(chat_id: &ChatId) -> ChatSession {
         assistant_message_id: Some("a1".into()),
         user_message_id: Some("u1".into()),
         stop_requested: false,
+        stop_after_event_id: None,
         turn_started_at: Some(NOW),
         attempts: 0,
         expires_at: NOW + 3_600_000,

@@ -58,13 +58,20 @@ async fn flush(builder: &mut ChunkBuilder, sink: &mut FrameSink<'_>) -> Result<F
     match sink.send(chunks).await? {
         Signal::Lost => Ok(Flow::Lost),
         _ if ended => Ok(Flow::Done),
-        Signal::StopRequested => abort(builder, sink).await,
+        Signal::StopRequested(shown) => abort(builder, sink, shown).await,
         Signal::Continue => Ok(Flow::Continue),
     }
 }
 
-/// Ends the stream on the user's stop.
-async fn abort(builder: &mut ChunkBuilder, sink: &mut FrameSink<'_>) -> Result<Flow, ChatError> {
+/// Ends the stream on the user's stop, the reply cut back to what they had on screen.
+async fn abort(
+    builder: &mut ChunkBuilder,
+    sink: &mut FrameSink<'_>,
+    shown: Option<u64>,
+) -> Result<Flow, ChatError> {
+    if let Some(last_shown) = shown {
+        sink.cut_back_to(last_shown).await?;
+    }
     builder.abort();
     match sink.send(builder.take()).await? {
         Signal::Lost => Ok(Flow::Lost),
@@ -215,7 +222,7 @@ pub async fn run_turn(
                 } else {
                     match sink.read_signal().await? {
                         Signal::Continue => Flow::Continue,
-                        Signal::StopRequested => abort(&mut builder, &mut sink).await?,
+                        Signal::StopRequested(shown) => abort(&mut builder, &mut sink, shown).await?,
                         Signal::Lost => Flow::Lost,
                     }
                 };

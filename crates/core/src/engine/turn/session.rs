@@ -55,6 +55,7 @@ pub async fn begin_turn(
                     assistant_message_id: Some(assistant_message_id.into()),
                     user_message_id: Some(user_message_id.into()),
                     stop_requested: false,
+                    stop_after_event_id: None,
                     turn_started_at: Some(now),
                     attempts: 0,
                     expires_at: now + idle,
@@ -83,6 +84,7 @@ pub async fn begin_turn(
                     assistant_message_id: Some(assistant_message_id.into()),
                     user_message_id: Some(user_message_id.into()),
                     stop_requested: false,
+                    stop_after_event_id: None,
                     turn_started_at: Some(now),
                     attempts: 0,
                     expires_at,
@@ -150,6 +152,7 @@ pub async fn release_turn(
         }
         current.streaming = false;
         current.stop_requested = false;
+        current.stop_after_event_id = None;
         true
     })
     .await
@@ -196,6 +199,7 @@ pub async fn finish_turn(
         changed = true;
         current.streaming = false;
         current.stop_requested = false;
+        current.stop_after_event_id = None;
         current.last_event_id = last_event_id.max(current.last_event_id);
         current.turns += 1;
         current.expires_at = now + idle;

@@ -20,8 +20,9 @@ use crate::protocol::ServerFrame;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
     Continue,
-    /// The user asked to stop this turn.
-    StopRequested,
+    /// The user asked to stop this turn, having seen its events up to this id (when the stop
+    /// said).
+    StopRequested(Option<u64>),
     /// This worker no longer owns the turn: another attempt persisted these event ids first,
     /// or the session moved on (a new session replaced a stale turn). Nothing was posted.
     Lost,
@@ -31,6 +32,8 @@ pub enum Signal {
 pub struct FrameSink<'a> {
     s: &'a Services,
     job: &'a TurnJob,
+    /// The id of the turn's first chunk.
+    turn_start: u64,
     /// The id the next chunk will carry.
     next_event_id: u64,
     /// What has been persisted, as clients build it.
@@ -47,6 +50,7 @@ impl<'a> FrameSink<'a> {
         FrameSink {
             s,
             job,
+            turn_start: first_event_id,
             next_event_id: first_event_id,
             acc: MessageAccumulator::new(job.assistant_message_id.clone()),
             subscribers: Vec::new(),
@@ -152,6 +156,35 @@ impl<'a> FrameSink<'a> {
         Ok(signal)
     }
 
+    /// Cuts the reply back to the events up to `last_shown`: what the client that pressed Stop
+    /// had on screen. Later events stay in the log (they were posted), but the stored reply
+    /// ends where the user saw it end.
+    pub async fn cut_back_to(&mut self, last_shown: u64) -> Result<(), ChatError> {
+        if last_shown >= self.last_event_id() {
+            return Ok(());
+        }
+        let events = self
+            .s
+            .store
+            .events_after(
+                &self.job.run_id,
+                self.turn_start.saturating_sub(1),
+                self.s.now(),
+            )
+            .await?;
+        let mut acc = MessageAccumulator::new(self.job.assistant_message_id.clone());
+        for event in &events {
+            for (offset, chunk) in event.chunks.iter().enumerate() {
+                let id = event.first_event_id + offset as u64;
+                if (self.turn_start..=last_shown).contains(&id) {
+                    acc.apply(chunk);
+                }
+            }
+        }
+        self.acc = acc;
+        Ok(())
+    }
+
     /// Reads the session and subscribers: what the next frame needs, and whether to go on.
     pub async fn read_signal(&mut self) -> Result<Signal, ChatError> {
         let (session, subscribers) = self
@@ -163,7 +196,7 @@ impl<'a> FrameSink<'a> {
         Ok(match session {
             Some(session) if runs(&session, self.job) => {
                 if session.stop_requested {
-                    Signal::StopRequested
+                    Signal::StopRequested(session.stop_after_event_id)
                 } else {
                     Signal::Continue
                 }

@@ -380,6 +380,8 @@ pub async fn stop(s: &Services, conn: &Connection, req: &ChatRequest) -> Result<
         return Ok(());
     }
     let turn_named = req.assistant_message_id.as_deref();
+    // An event id means something only in the run it names.
+    let shown = req.last_event_id.filter(|_| req.run_id.is_some());
     update_session(s, &req.chat_id, &session.run_id, |current| {
         let named_turn_runs =
             turn_named.is_none_or(|id| current.assistant_message_id.as_deref() == Some(id));
@@ -387,6 +389,7 @@ pub async fn stop(s: &Services, conn: &Connection, req: &ChatRequest) -> Result<
             return false;
         }
         current.stop_requested = true;
+        current.stop_after_event_id = shown;
         true
     })
     .await?;
