@@ -258,4 +258,8 @@ impl JobVisibility for SqsTurnQueue {
             .map_err(queue_error)?;
         Ok(())
     }
+
+    async fn acknowledge(&self, queue: QueueName, receipt_handle: &str) -> Result<(), QueueError> {
+        TurnQueueConsumer::delete(self, queue, receipt_handle).await
+    }
 }

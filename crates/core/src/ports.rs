@@ -231,6 +231,12 @@ pub trait JobVisibility: Send + Sync {
         receipt_handle: &str,
         timeout: Duration,
     ) -> Result<(), QueueError>;
+
+    /// Deletes a job whose turn is done, at once rather than when the whole batch returns: a
+    /// FIFO group hands out its chat's next job only once this one is gone, so waiting for the
+    /// batch's longest reply would hold every other chat of the batch back. Deleting a job
+    /// that is already gone succeeds.
+    async fn acknowledge(&self, queue: QueueName, receipt_handle: &str) -> Result<(), QueueError>;
 }
 
 /// Posts frames to WebSocket connections (API Gateway's `@connections` API).

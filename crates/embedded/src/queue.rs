@@ -338,4 +338,8 @@ impl JobVisibility for SqliteTurnQueue {
         self.arrived.notify_waiters();
         Ok(())
     }
+
+    async fn acknowledge(&self, queue: QueueName, receipt_handle: &str) -> Result<(), QueueError> {
+        TurnQueueConsumer::delete(self, queue, receipt_handle).await
+    }
 }

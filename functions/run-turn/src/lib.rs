@@ -88,8 +88,10 @@ async fn handle_group(
             failed.push(message_id);
             continue;
         }
-        if handle_record(deps, lease, record).await == RecordResult::Retry {
-            failed.push(message_id);
+        match handle_record(deps, lease, record).await {
+            RecordResult::Retry => failed.push(message_id),
+            // Gone from the queue now, so this chat's next turn can start at once.
+            RecordResult::Done => lease.acknowledge(record).await,
         }
     }
     failed
@@ -213,19 +215,30 @@ impl BatchLease {
         }
     }
 
-    /// Stops holding a record and makes it visible again after `wait`.
-    async fn back_off(&self, record: &SqsMessage, wait: Duration) {
-        let Some(receipt) = record.receipt_handle.clone() else {
-            return;
-        };
-        let key = self.held.lock().ok().and_then(|mut held| {
+    /// Stops holding a record.
+    fn let_go(&self, record: &SqsMessage) -> Option<(QueueName, String)> {
+        let receipt = record.receipt_handle.clone()?;
+        self.held.lock().ok().and_then(|mut held| {
             let key = held.iter().find(|(_, r)| *r == receipt).cloned();
             if let Some(key) = &key {
                 held.remove(key);
             }
             key
-        });
-        if let Some((queue, receipt)) = key
+        })
+    }
+
+    /// Deletes a finished record now (the invocation's response reports it as a success too).
+    async fn acknowledge(&self, record: &SqsMessage) {
+        if let Some((queue, receipt)) = self.let_go(record)
+            && let Err(error) = self.visibility.acknowledge(queue, &receipt).await
+        {
+            tracing::warn!(%error, "could not delete a finished job; it is deleted with its batch");
+        }
+    }
+
+    /// Stops holding a record and makes it visible again after `wait`.
+    async fn back_off(&self, record: &SqsMessage, wait: Duration) {
+        if let Some((queue, receipt)) = self.let_go(record)
             && let Err(error) = self.visibility.set_visibility(queue, &receipt, wait).await
         {
             tracing::warn!(%error, "could not set a failed job's backoff; it comes back after its lease");

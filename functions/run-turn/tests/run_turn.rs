@@ -413,6 +413,11 @@ async fn a_long_turn_holds_its_job_with_a_heartbeat() {
         .count();
     // Set at once, then renewed every 100 ms of a turn of about a second.
     assert!(leases >= 5, "the lease was set and renewed: {changes:?}");
+    assert_eq!(
+        *h.visibility.acknowledged.lock().unwrap(),
+        [(QueueName::Turns, "receipt-m1".to_string())],
+        "deleted as soon as its turn was done"
+    );
 }
 
 #[tokio::test]

@@ -361,6 +361,8 @@ impl TurnQueue for RecordingTurnQueue {
 #[derive(Default)]
 pub struct RecordingVisibility {
     pub changes: Mutex<Vec<(crate::ports::QueueName, String, std::time::Duration)>>,
+    /// Jobs deleted as their turn finished: (queue, receipt handle).
+    pub acknowledged: Mutex<Vec<(crate::ports::QueueName, String)>>,
 }
 
 #[async_trait]
@@ -376,6 +378,18 @@ impl crate::ports::JobVisibility for RecordingVisibility {
             receipt_handle.to_owned(),
             timeout,
         ));
+        Ok(())
+    }
+
+    async fn acknowledge(
+        &self,
+        queue: crate::ports::QueueName,
+        receipt_handle: &str,
+    ) -> Result<(), QueueError> {
+        self.acknowledged
+            .lock()
+            .expect("visibility lock")
+            .push((queue, receipt_handle.to_owned()));
         Ok(())
     }
 }

@@ -173,6 +173,11 @@ impl Client {
         if !self.held.is_empty() {
             return self.held.remove(0);
         }
+        self.recv_from_socket().await
+    }
+
+    /// The next frame off the socket, whatever is held.
+    async fn recv_from_socket(&mut self) -> Value {
         loop {
             let message = tokio::time::timeout(WAIT, self.ws.next())
                 .await
@@ -244,9 +249,13 @@ impl Client {
 
     /// The frame of `kind`, or an error frame if one comes first.
     pub async fn recv_type_or_error(&mut self, kind: &str) -> Value {
+        let wanted = |f: &Value| f["type"] == kind || f["type"] == "error";
+        if let Some(i) = self.held.iter().position(wanted) {
+            return self.held.remove(i);
+        }
         loop {
-            let frame = self.recv().await;
-            if frame["type"] == kind || frame["type"] == "error" {
+            let frame = self.recv_from_socket().await;
+            if wanted(&frame) {
                 return frame;
             }
             self.held.push(frame);
