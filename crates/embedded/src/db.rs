@@ -45,9 +45,17 @@ pub enum DbError {
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 type Job = Box<dyn FnOnce(&mut rusqlite::Connection) -> Reply + Send>;
 
-/// A handle on the file's thread. Dropping every handle ends the thread and closes the file.
+/// What the file's thread is asked to do.
+enum Request {
+    Run(Job),
+    /// Finish what came before, then close the file (and release its lock).
+    Close,
+}
+
+/// A handle on the file's thread. Dropping every handle, or [`Database::close`], ends the
+/// thread and closes the file.
 pub struct Database {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Request>,
 }
 
 /// Opens a SQLite file for its own thread: exclusive locking, WAL, `synchronous=NORMAL`
@@ -93,7 +101,7 @@ impl Database {
                 Err(e) => return Err(e.into()),
             }
         };
-        let (jobs, queued) = mpsc::channel::<Job>();
+        let (jobs, queued) = mpsc::channel::<Request>();
         let name = format!(
             "sqlite-{}",
             path.file_name()
@@ -131,8 +139,16 @@ impl Database {
                 let _ = reply.send(result);
             })
         });
-        self.jobs.send(job).map_err(|_| E::from(DbError::Closed))?;
+        self.jobs
+            .send(Request::Run(job))
+            .map_err(|_| E::from(DbError::Closed))?;
         answer.await.map_err(|_| E::from(DbError::Closed))?
+    }
+
+    /// Closes the file once what was asked before is done, even while handles remain (a server
+    /// that stops releases the file for the next one at once); later calls answer `Closed`.
+    pub fn close(&self) {
+        let _ = self.jobs.send(Request::Close);
     }
 }
 
@@ -155,12 +171,24 @@ fn in_savepoint<T, E: From<DbError>>(
 }
 
 /// The thread: take what queued, run it in one transaction, commit, answer.
-fn serve(conn: &mut rusqlite::Connection, queued: &mpsc::Receiver<Job>, on_rollback: &dyn Fn()) {
-    while let Ok(first) = queued.recv() {
+fn serve(
+    conn: &mut rusqlite::Connection,
+    queued: &mpsc::Receiver<Request>,
+    on_rollback: &dyn Fn(),
+) {
+    let mut closing = false;
+    while !closing {
+        let Ok(Request::Run(first)) = queued.recv() else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queued.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Request::Run(job)) => batch.push(job),
+                Ok(Request::Close) => {
+                    closing = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -289,5 +317,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(v, "kept");
+    }
+
+    #[tokio::test]
+    async fn close_releases_the_file_while_a_handle_remains() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = database(&dir);
+        first
+            .call(|c| {
+                c.execute("INSERT INTO t (k, v) VALUES (1, 'kept')", [])
+                    .map_err(|e| TestError::Db(e.to_string()))
+            })
+            .await
+            .unwrap();
+        first.close();
+        let started = std::time::Instant::now();
+        let second = Database::open(
+            &dir.path().join("t.sqlite3"),
+            "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+            Box::new(|| {}),
+        )
+        .expect("the file is free again");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let after: Result<i64, TestError> = first
+            .call(|c| {
+                c.query_row("SELECT 1", [], |r| r.get(0))
+                    .map_err(|e| TestError::Db(e.to_string()))
+            })
+            .await;
+        assert!(matches!(after, Err(TestError::Db(m)) if m.contains("stopped")));
+        drop(second);
     }
 }

@@ -89,6 +89,11 @@ impl SqliteTurnQueue {
         })
     }
 
+    /// Closes the file once pending operations are done; later operations answer an error.
+    pub fn close(&self) {
+        self.db.close();
+    }
+
     /// Enqueues a raw body (what `enqueue` does with a job's JSON; tests use it for bad records).
     pub async fn send_raw(
         &self,

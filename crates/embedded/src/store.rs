@@ -178,6 +178,12 @@ impl SqliteChatStore {
         Ok(SqliteChatStore { db, mirror })
     }
 
+    /// Closes the file once pending operations are done (a stopping server releases it for the
+    /// next one); later operations answer an error.
+    pub fn close(&self) {
+        self.db.close();
+    }
+
     /// Runs `operation` on the database thread.
     async fn with<T: Send + 'static>(
         &self,

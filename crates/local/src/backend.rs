@@ -22,6 +22,9 @@ pub struct Backend {
     pub consumer: Arc<dyn TurnQueueConsumer>,
     /// What run-turn holds its jobs with (the same queue).
     pub visibility: Arc<dyn JobVisibility>,
+    /// Releases what the backend holds open (the embedded files) once the server has stopped,
+    /// even if a straggling task still has a handle.
+    pub close: Arc<dyn Fn() + Send + Sync>,
 }
 
 fn services(
@@ -54,8 +57,10 @@ pub async fn open(
     let settings = Arc::new(options.settings.clone());
     match options.backend {
         BackendKind::Embedded => {
-            let store = SqliteChatStore::open(options.data_dir.join("chatrun.sqlite3"))
-                .context("opening the SQLite store")?;
+            let store = Arc::new(
+                SqliteChatStore::open(options.data_dir.join("chatrun.sqlite3"))
+                    .context("opening the SQLite store")?,
+            );
             let queue = Arc::new(
                 SqliteTurnQueue::open(
                     options.data_dir.join("queue.sqlite3"),
@@ -65,9 +70,13 @@ pub async fn open(
                 .context("opening the SQLite turn queue")?,
             );
             Ok(Backend {
-                services: services(settings, Arc::new(store), queue.clone(), sockets),
+                services: services(settings, store.clone(), queue.clone(), sockets),
                 consumer: queue.clone(),
-                visibility: queue,
+                visibility: queue.clone(),
+                close: Arc::new(move || {
+                    store.close();
+                    queue.close();
+                }),
             })
         }
         BackendKind::Aws => open_aws(options, settings, addr).await,
@@ -152,5 +161,6 @@ async fn open_aws(
         ),
         consumer: queue.clone(),
         visibility: queue,
+        close: Arc::new(|| {}),
     })
 }

@@ -152,6 +152,7 @@ struct Prepared {
     gateway: Arc<Gateway>,
     consumer: Arc<dyn chatrun_core::ports::TurnQueueConsumer>,
     visibility: Arc<dyn chatrun_core::ports::JobVisibility>,
+    close: Arc<dyn Fn() + Send + Sync>,
 }
 
 async fn prepare(
@@ -180,6 +181,7 @@ async fn prepare(
         gateway,
         consumer: backend.consumer,
         visibility: backend.visibility,
+        close: backend.close,
     })
 }
 
@@ -192,6 +194,7 @@ async fn run(
         gateway,
         consumer,
         visibility,
+        close,
     } = prepared;
     let addr = listener.local_addr()?;
     let (stop_workers, workers_stopped) = watch::channel(false);
@@ -244,6 +247,7 @@ async fn run(
     for worker in workers {
         let _ = worker.await;
     }
+    close();
     Ok(())
 }
 
