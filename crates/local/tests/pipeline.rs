@@ -36,7 +36,10 @@ async fn ten_chats_sent_at_once_get_their_first_tokens_as_fast_as_one_chat() {
     let app = TestApp::start(20.0).await;
     let (token, _) = app.guest().await;
     let mut solo_client = app.connect(&token).await;
+    let started = Instant::now();
     let solo = first_token_after_send(&mut solo_client, "chat-solo").await;
+    read_turn(&mut solo_client, &mut Applied::default()).await;
+    let reply = started.elapsed();
 
     let mut clients = Vec::new();
     for _ in 0..10 {
@@ -63,10 +66,15 @@ async fn ten_chats_sent_at_once_get_their_first_tokens_as_fast_as_one_chat() {
         latencies.push(latency);
     }
     let latest = *latencies.iter().max().unwrap();
-    println!("first token: one chat {solo:?}; ten at once, latest {latest:?} ({latencies:?})");
+    println!(
+        "first token: one chat {solo:?} (its whole reply {reply:?}); ten at once, latest {latest:?} ({latencies:?})"
+    );
+    // Handled one after another, the last chat would wait for nine whole replies. The bound is
+    // one chat's first token plus less than one reply: no chat waited for another's reply,
+    // however slow the machine (the emulators are much slower than the embedded backend).
     assert!(
-        latest <= solo + Duration::from_millis(1500),
-        "ten chats at once: the latest first token came after {latest:?}, one chat alone after {solo:?}"
+        latest < solo + reply.mul_f64(0.9),
+        "ten chats at once: the latest first token came after {latest:?}; one chat alone after {solo:?}, its reply took {reply:?}"
     );
     app.server.stop().await.unwrap();
 }
