@@ -15,6 +15,9 @@
 //! `error` chunk; a record that is not a turn job is dropped. Dead letters (records whose source
 //! is the dead-letter queue) end their turn with an error chunk and end the session.
 
+#[cfg(feature = "lambda")]
+pub mod wiring;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,45 +1,13 @@
 //! Lambda entry point of `run-turn` (fed by the turn queue and its dead-letter queue): wiring
-//! only; the handler is in lib.rs. Partial batch failures go back to SQS for redelivery; the
-//! jobs it works on are held with `ChangeMessageVisibility`, so both queue URLs are required.
-
-use std::sync::Arc;
+//! in `wiring.rs`, the handler in lib.rs. Partial batch failures go back to SQS.
 
 use aws_lambda_events::sqs::SqsEvent;
-use chatrun_aws::lambda::{self as cold_start, required};
-use chatrun_aws::{ApiGwConnections, DynamoChatStore, SqsTurnQueue};
-use chatrun_core::config::AwsSettings;
-use chatrun_run_turn::RunTurnDeps;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    cold_start::init_tracing();
-    let aws = AwsSettings::from_env()?;
-    let queue_url = required(&aws.turn_queue_url, "CHAT_TURN_QUEUE_URL")?;
-    let dead_letter_url = required(&aws.dead_letter_queue_url, "CHAT_DEAD_LETTER_QUEUE_URL")?;
-    let dead_letter_arn = required(&aws.dead_letter_queue_arn, "CHAT_DEAD_LETTER_QUEUE_ARN")?;
-    let endpoint = required(&aws.management_endpoint, "CHAT_WS_MANAGEMENT_ENDPOINT")?;
-    let sdk = cold_start::sdk_config().await;
-    let settings = cold_start::settings(&sdk, &aws).await?;
-    let model = cold_start::model_settings(&sdk, &aws).await?;
-    let store = DynamoChatStore::new(aws_sdk_dynamodb::Client::new(&sdk), aws.table_name);
-    let queue = Arc::new(
-        SqsTurnQueue::producer(aws_sdk_sqs::Client::new(&sdk), queue_url)
-            .with_dead_letter_url(dead_letter_url),
-    );
-    let connections = ApiGwConnections::for_endpoint(&sdk, &endpoint);
-    let deps = RunTurnDeps {
-        services: cold_start::services(
-            settings,
-            Arc::new(store),
-            queue.clone(),
-            Arc::new(connections),
-        ),
-        model: chatrun_models::model_from_settings(&model),
-        visibility: queue,
-        dead_letter_source_arn: Some(dead_letter_arn),
-    };
-    let deps = &deps;
+    chatrun_aws::lambda::init_tracing();
+    let deps = &chatrun_run_turn::wiring::deps_from_env().await?;
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| async move {
         Ok::<_, Error>(chatrun_run_turn::handle(deps, event.payload).await)
     }))

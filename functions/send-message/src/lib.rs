@@ -3,6 +3,9 @@
 //! It returns fast (API Gateway's integration timeout is 29 s): the user's message is stored and
 //! the turn queued here; the model runs in `run-turn`. Replies are posted to the connection.
 
+#[cfg(feature = "lambda")]
+pub mod wiring;
+
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use chatrun_core::engine::websocket::{accept_frame, reply_error};
 use chatrun_core::engine::{Services, turn};

@@ -151,6 +151,10 @@ pub async fn send_message(
         rollback(s, &session, &assistant_message_id, None).await;
         return Err(error);
     }
+    // What a later failure must take back besides the claim: a new message, not an edit's or
+    // a regeneration's deletions (those cannot be undone, and the turn may be sent again).
+    let appended =
+        matches!(change, HistoryChange::Append(_)).then_some((chat_id, &user_message_id));
     if let Some(chat) = &new_chat {
         s.hooks.on_chat_start(chat, &session).await;
     }
@@ -159,14 +163,7 @@ pub async fn send_message(
         .subscribe(chat_id, &conn.connection_id, now, conn.expires_at)
         .await
     {
-        let appended = matches!(change, HistoryChange::Append(_)).then_some(&user_message_id);
-        rollback(
-            s,
-            &session,
-            &assistant_message_id,
-            appended.map(|id| (chat_id, id)),
-        )
-        .await;
+        rollback(s, &session, &assistant_message_id, appended).await;
         return Err(error.into());
     }
     s.hooks.on_turn_start(&session, change.user_message()).await;
@@ -181,14 +178,7 @@ pub async fn send_message(
     if let Err(error) = s.queue.enqueue(&job).await {
         // Without a queued job nothing would ever end this turn: release it, and take back a
         // new message so that sending it again works.
-        let appended = matches!(change, HistoryChange::Append(_)).then_some(&user_message_id);
-        rollback(
-            s,
-            &session,
-            &assistant_message_id,
-            appended.map(|id| (chat_id, id)),
-        )
-        .await;
+        rollback(s, &session, &assistant_message_id, appended).await;
         return Err(error.into());
     }
     Ok(ServerFrame::Ack {
