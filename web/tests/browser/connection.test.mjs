@@ -147,6 +147,8 @@ describe('the connection', () => {
     assert.ok(Date.now() - started < 5000, 'at once, not after the 10 s timeout');
     await page.getByRole('alert').filter({ hasText: 'The server reported an error: Internal server error' }).waitFor();
     await failed.getByRole('button', { name: 'Retry' }).click();
+    // The Send button is still there until the resent message is under way: wait for its reply.
+    await assistants(page).first().waitFor({ timeout: 10_000 });
     await idle(page);
     const stored = (await storedChat(page, chatIdOf(page))).body.messages;
     assert.deepEqual(stored.map((m) => m.role), ['user', 'assistant']);
