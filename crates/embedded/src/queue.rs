@@ -13,6 +13,7 @@
 //! by its own thread ([`crate::db`]). A waiting receive sleeps until a message arrives, one is
 //! deleted or made visible, or the earliest in-flight message's visibility ends: it never polls.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -43,10 +44,16 @@ CREATE TABLE IF NOT EXISTS queue_messages (
     receipt TEXT
 );
 CREATE INDEX IF NOT EXISTS queue_messages_by_queue ON queue_messages (queue, seq);
+-- A receive reads only what can be handed out, and asks each candidate's group whether an
+-- earlier message waits or is in flight; deletes and heartbeats find a message by receipt.
+CREATE INDEX IF NOT EXISTS queue_messages_by_visibility ON queue_messages (queue, visible_at);
+CREATE INDEX IF NOT EXISTS queue_messages_by_group ON queue_messages (queue, group_id, seq);
+CREATE INDEX IF NOT EXISTS queue_messages_by_receipt ON queue_messages (receipt);
 CREATE TABLE IF NOT EXISTS queue_deduplication (
     deduplication_id TEXT PRIMARY KEY,
     expires_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS queue_deduplication_by_expiry ON queue_deduplication (expires_at);
 ";
 
 fn queue_key(queue: QueueName) -> &'static str {
@@ -139,6 +146,11 @@ impl SqliteTurnQueue {
 
     /// Hands out up to `max` visible messages, and says when the earliest message in flight
     /// becomes visible again (what a waiting receive sleeps until).
+    ///
+    /// Cost follows what can be handed out, not what is in flight: with a thousand chats
+    /// streaming, a thousand messages are in flight and every finished turn triggers a receive,
+    /// so each receive reads only visible rows (index on `visible_at`) and asks the group index
+    /// whether an earlier message of the group is still queued or in flight.
     async fn try_receive(
         &self,
         queue: QueueName,
@@ -148,80 +160,79 @@ impl SqliteTurnQueue {
         let max_receives = self.max_receives;
         self.db.call(move |tx| {
         let now = now_millis();
+        let key = queue_key(queue);
+        let next_visible: Option<Millis> = tx
+            .prepare_cached(
+                "SELECT MIN(visible_at) FROM queue_messages WHERE queue = ?1 AND visible_at > ?2",
+            )
+            .and_then(|mut s| s.query_row(params![key, now], |r| r.get(0)))
+            .map_err(queue_error)?;
+        type Candidate = (i64, String, i64);
+        let candidates: Vec<Candidate> = tx
+            .prepare_cached(
+                "SELECT seq, group_id, receive_count FROM queue_messages
+                 WHERE queue = ?1 AND visible_at <= ?2 ORDER BY seq",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![key, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(queue_error)?;
         let mut batch = Vec::new();
-        let mut next_visible: Option<Millis> = None;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT seq, message_id, group_id, deduplication_id, body, sent_at, visible_at, receive_count
-                     FROM queue_messages WHERE queue = ?1 ORDER BY seq",
+        // Groups this batch took a message of: their next messages may follow in order.
+        let mut taken: HashSet<String> = HashSet::new();
+        // Groups with an earlier message queued or in flight: nothing of theirs goes out.
+        let mut blocked: HashSet<String> = HashSet::new();
+        for (seq, group_id, receive_count) in candidates {
+            if batch.len() >= max {
+                break;
+            }
+            if blocked.contains(&group_id) {
+                continue;
+            }
+            if !taken.contains(&group_id) {
+                let earlier: bool = tx
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM queue_messages
+                         WHERE queue = ?1 AND group_id = ?2 AND seq < ?3)",
+                    )
+                    .and_then(|mut s| s.query_row(params![key, group_id, seq], |r| r.get(0)))
+                    .map_err(queue_error)?;
+                if earlier {
+                    blocked.insert(group_id);
+                    continue;
+                }
+            }
+            if queue == QueueName::Turns && receive_count as u32 >= max_receives {
+                tx.execute(
+                    "UPDATE queue_messages SET queue = ?2, visible_at = 0, receive_count = 0, receipt = NULL WHERE seq = ?1",
+                    params![seq, queue_key(QueueName::DeadLetters)],
                 )
                 .map_err(queue_error)?;
-            type Row = (i64, String, String, String, String, i64, i64, i64);
-            let rows: Vec<Row> = stmt
-                .query_map([queue_key(queue)], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                    ))
+                continue;
+            }
+            let receipt = uuid::Uuid::new_v4().to_string();
+            let (message_id, deduplication_id, body, sent_at) = tx
+                .prepare_cached(
+                    "UPDATE queue_messages SET visible_at = ?2, receive_count = receive_count + 1, receipt = ?3 WHERE seq = ?1
+                     RETURNING message_id, deduplication_id, body, sent_at",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![seq, now + visibility_timeout, receipt], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })
                 })
-                .map_err(queue_error)?
-                .collect::<Result<_, _>>()
                 .map_err(queue_error)?;
-            let mut blocked: Vec<String> = Vec::new();
-            for (
-                seq,
+            taken.insert(group_id.clone());
+            batch.push(ReceivedTurn {
                 message_id,
+                receipt_handle: receipt,
+                body,
                 group_id,
                 deduplication_id,
-                body,
+                receive_count: receive_count as u32 + 1,
                 sent_at,
-                visible_at,
-                receive_count,
-            ) in rows
-            {
-                if batch.len() >= max {
-                    break;
-                }
-                if blocked.contains(&group_id) {
-                    continue;
-                }
-                if visible_at > now {
-                    // In flight: the rest of its group waits.
-                    next_visible = Some(next_visible.map_or(visible_at, |at| at.min(visible_at)));
-                    blocked.push(group_id);
-                    continue;
-                }
-                if queue == QueueName::Turns && receive_count as u32 >= max_receives {
-                    tx.execute(
-                        "UPDATE queue_messages SET queue = ?2, visible_at = 0, receive_count = 0, receipt = NULL WHERE seq = ?1",
-                        params![seq, queue_key(QueueName::DeadLetters)],
-                    )
-                    .map_err(queue_error)?;
-                    continue;
-                }
-                let receipt = uuid::Uuid::new_v4().to_string();
-                tx.execute(
-                    "UPDATE queue_messages SET visible_at = ?2, receive_count = receive_count + 1, receipt = ?3 WHERE seq = ?1",
-                    params![seq, now + visibility_timeout, receipt],
-                )
-                .map_err(queue_error)?;
-                batch.push(ReceivedTurn {
-                    message_id,
-                    receipt_handle: receipt,
-                    body,
-                    group_id,
-                    deduplication_id,
-                    receive_count: receive_count as u32 + 1,
-                    sent_at,
-                });
-            }
+            });
         }
         Ok((batch, next_visible))
         })
@@ -327,20 +338,35 @@ impl JobVisibility for SqliteTurnQueue {
     ) -> Result<(), QueueError> {
         let receipt_handle = receipt_handle.to_owned();
         let visible_at = now_millis() + timeout.as_millis() as i64;
-        let changed = self
+        let previous: Option<Millis> = self
             .db
             .call(move |c| {
-                c.execute(
-                    "UPDATE queue_messages SET visible_at = ?3 WHERE queue = ?1 AND receipt = ?2",
-                    params![queue_key(queue), receipt_handle, visible_at],
-                )
-                .map_err(queue_error)
+                let previous = c
+                    .query_row(
+                        "SELECT visible_at FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
+                        params![queue_key(queue), receipt_handle],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(queue_error)?;
+                if previous.is_some() {
+                    c.execute(
+                        "UPDATE queue_messages SET visible_at = ?3 WHERE queue = ?1 AND receipt = ?2",
+                        params![queue_key(queue), receipt_handle, visible_at],
+                    )
+                    .map_err(queue_error)?;
+                }
+                Ok::<_, QueueError>(previous)
             })
             .await?;
-        if changed == 0 {
+        let Some(previous) = previous else {
             return Err(QueueError::Backend("outdated receipt handle".into()));
+        };
+        // A heartbeat pushes visibility later, which no waiting receive cares about; only a
+        // message made visible sooner (a retry's backoff) must wake them to look again.
+        if visible_at < previous {
+            self.arrived.notify_waiters();
         }
-        self.arrived.notify_waiters();
         Ok(())
     }
 
