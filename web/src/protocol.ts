@@ -50,6 +50,9 @@ export type ServerFrame =
       chatId: string;
       runId: string | null;
       streaming: boolean;
+      /** The replay holds the events after this id (the running turn's start when the resume
+       * did not name the current run). */
+      replayFrom?: number;
       replayThrough: number;
     }
   | { type: 'unsubscribed'; requestId?: string; chatId: string }

@@ -560,6 +560,19 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
         }
         break;
       }
+      case 'subscribed': {
+        if (!frame.runId || frame.replayFrom === undefined) break;
+        const state = this.state(frame.chatId);
+        if (state.runId !== frame.runId) this.resetRun(state, frame.runId);
+        if (state.lastApplied < frame.replayFrom) {
+          // The server replays only the running turn to a page that did not hold this run
+          // (its completed turns are in the history over HTTP): take up from where the replay
+          // starts, or the events before it would stay a gap asked for again and again.
+          state.lastApplied = frame.replayFrom;
+          this.drainHeld(state, frame.chatId);
+        }
+        break;
+      }
       case 'events':
         this.applyEvents(frame);
         break;
@@ -584,6 +597,12 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
       const id = frame.firstEventId + i;
       if (id > state.lastApplied && !state.held.has(id)) state.held.set(id, chunk);
     });
+    this.drainHeld(state, frame.chatId);
+  }
+
+  /** Applies the held events that follow the last applied one; a gap left open asks for a replay. */
+  private drainHeld(state: ChatState, chatId: string) {
+    for (const id of [...state.held.keys()]) if (id <= state.lastApplied) state.held.delete(id);
     for (let next = state.held.get(state.lastApplied + 1); next; next = state.held.get(state.lastApplied + 1)) {
       state.held.delete(state.lastApplied + 1);
       state.lastApplied += 1;
@@ -596,7 +615,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
       state.gapTimer = setTimeout(() => {
         state.gapTimer = undefined;
         if (state.held.size > 0) {
-          this.send({ action: 'resume', requestId: newRequestId(), chatId: frame.chatId, runId: state.runId, lastEventId: state.lastApplied });
+          this.send({ action: 'resume', requestId: newRequestId(), chatId, runId: state.runId, lastEventId: state.lastApplied });
         }
       }, this.options.gapTimeoutMs ?? 1000);
     }

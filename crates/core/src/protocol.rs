@@ -143,12 +143,16 @@ impl ClientFrame {
         };
         if !ACTIONS.contains(&action.as_str()) {
             return Err(reject(ChatError::BadRequest(format!(
-                "unknown action: {action}"
+                "unknown action: {}",
+                excerpt(&action)
             ))));
         }
         let frame: ClientFrame = serde_json::from_value(value).map_err(|e| {
+            // serde quotes the offending value (an unknown `trigger`, say), which may be as
+            // long as the frame: the answer quotes only its start.
             reject(ChatError::BadRequest(format!(
-                "invalid {action} frame: {e}"
+                "invalid {action} frame: {}",
+                excerpt(&e.to_string())
             )))
         })?;
         frame.validate().map_err(reject)?;
@@ -206,6 +210,16 @@ impl ClientFrame {
             ClientFrame::Stop(f) | ClientFrame::Unsubscribe(f) => f.request_id.as_deref(),
             ClientFrame::Ping(f) => f.request_id.as_deref(),
         }
+    }
+}
+
+/// The start of a client-supplied text quoted in an error message, so that an answer never
+/// echoes a whole 32 KB frame back (found by the `client_frame` fuzz target).
+fn excerpt(text: &str) -> String {
+    const MAX_QUOTED_CHARS: usize = 200;
+    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
     }
 }
 
@@ -280,6 +294,9 @@ pub enum ServerFrame {
         chat_id: ChatId,
         run_id: Option<String>,
         streaming: bool,
+        /// The replay holds the events after this id, through `replay_through`: the client's
+        /// `lastEventId` when it named the current run, else the start of the running turn.
+        replay_from: u64,
         replay_through: u64,
     },
     #[serde(rename_all = "camelCase")]
@@ -451,11 +468,12 @@ mod tests {
             chat_id: ChatId::parse("c").unwrap(),
             run_id: None,
             streaming: false,
+            replay_from: 0,
             replay_through: 0,
         };
         assert_eq!(
             serde_json::to_value(&frame).unwrap(),
-            serde_json::json!({"type":"subscribed","requestId":"r3","chatId":"c","runId":null,"streaming":false,"replayThrough":0})
+            serde_json::json!({"type":"subscribed","requestId":"r3","chatId":"c","runId":null,"streaming":false,"replayFrom":0,"replayThrough":0})
         );
         let err = ServerFrame::error(None, Some("c".into()), &ChatError::chat_not_found());
         assert_eq!(

@@ -156,6 +156,22 @@ describe('WebSocketChatTransport', () => {
     t.close();
   });
 
+  it('takes up a replay that starts at the running turn, without asking again for what came before', async () => {
+    const chunks: UIMessageChunk[] = load('text.chunks.json');
+    // The page's session is of an earlier run: the server replays run1's running turn, from 11.
+    const t = transport({ runId: 'run0', lastEventId: 5, streaming: true, assistantMessageId: 'msg-assistant-1' });
+    const stream = await t.reconnectToStream({ chatId: 'c1' });
+    await tick();
+    const socket = FakeSocket.all[0];
+    socket.emit(frame(11 + 3, chunks.slice(3), true)); // a live frame overtook the replay: held
+    socket.emit({ type: 'subscribed', chatId: 'c1', runId: 'run1', streaming: true, replayFrom: 10, replayThrough: 10 + chunks.length });
+    socket.emit(frame(11, chunks.slice(0, 3), true));
+    expect(await collect(stream!)).toEqual(chunks);
+    await tick(60);
+    expect(socket.sent.filter((f) => f.action === 'resume')).toHaveLength(1);
+    t.close();
+  });
+
   it('sends stop when the request is aborted', async () => {
     const controller = new AbortController();
     const t = transport();

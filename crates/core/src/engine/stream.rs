@@ -10,8 +10,11 @@ use crate::protocol::{ChatRequest, Resume, ServerFrame};
 const REPLAY_FRAME_BYTES: usize = MAX_CLIENT_FRAME_BYTES - 1024;
 
 /// Subscribes the connection to the chat first, then answers `subscribed` and replays the run's
-/// persisted events after `lastEventId` (from event 1 when `runId` is not the current run).
-/// Live frames posted meanwhile may overtake the replay; clients order by event id.
+/// persisted events after `lastEventId`. A client that does not name the current run gets the
+/// running turn only, from its `start` (nothing when no turn runs): its completed turns are in
+/// the history over HTTP (DESIGN §6.3), so a resume without a run can no longer ask for a
+/// whole run's events. Live frames posted meanwhile may overtake the replay; clients order by
+/// event id.
 pub async fn resume(s: &Services, conn: &Connection, req: &Resume) -> Result<(), ChatError> {
     s.owned_chat(&conn.owner_id, &conn.grant, &req.chat_id)
         .await?;
@@ -27,23 +30,27 @@ pub async fn resume(s: &Services, conn: &Connection, req: &Resume) -> Result<(),
                 chat_id: req.chat_id.clone(),
                 run_id: None,
                 streaming: false,
+                replay_from: 0,
                 replay_through: 0,
             },
         )
         .await;
         return Ok(());
     };
+    let replay_through = s.store.last_event_id(&session.run_id, now).await?;
     let from = if req.run_id.as_deref() == Some(session.run_id.as_str()) {
         req.last_event_id
+    } else if session.streaming {
+        session.turn_start_event_id.saturating_sub(1)
     } else {
-        0
+        replay_through
     };
-    let replay_through = s.store.last_event_id(&session.run_id, now).await?;
     let subscribed = ServerFrame::Subscribed {
         request_id: req.request_id.clone(),
         chat_id: req.chat_id.clone(),
         run_id: Some(session.run_id.clone()),
         streaming: session.streaming,
+        replay_from: from.min(replay_through),
         replay_through,
     };
     if !post_paced(
@@ -205,19 +212,16 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_replay_bigger_than_the_send_buffer_is_paced_not_gapped() {
-        use crate::config::Settings;
+    /// A chat `c1` of user `u1` whose run `r1` has `events` persisted events, one chunk each,
+    /// and whose current turn started at `turn_start_event_id`; and a connection of `u1`.
+    async fn seed_run(
+        s: &crate::engine::Services,
+        turn_start_event_id: u64,
+        streaming: bool,
+        events: u64,
+        text: &str,
+    ) -> Connection {
         use crate::domain::{Chat, ChatSession, Grant};
-        let mut t = crate::testkit::memory::services(Settings::with_secret(
-            "0123456789abcdef0123456789abcdef",
-        ));
-        let buffer = std::sync::Arc::new(SmallBuffer {
-            delivered: Default::default(),
-            refusals: Default::default(),
-        });
-        t.services.connections = buffer.clone();
-        let s = &t.services;
         let now = s.now();
         let chat_id = crate::domain::ChatId::parse("c1").unwrap();
         s.store
@@ -236,23 +240,22 @@ mod tests {
             .put_session(
                 &serde_json::from_value::<ChatSession>(serde_json::json!({
                     "chatId": "c1", "runId": "r1", "accessToken": "a", "lastEventId": 0,
-                    "turns": 0, "status": "active", "endedReason": null, "streaming": true,
-                    "turnStartEventId": 1, "assistantMessageId": "a1", "userMessageId": "m1",
-                    "stopRequested": false, "turnStartedAt": now, "attempts": 1,
-                    "expiresAt": now + 3_600_000, "version": 0
+                    "turns": 0, "status": "active", "endedReason": null, "streaming": streaming,
+                    "turnStartEventId": turn_start_event_id, "assistantMessageId": "a1",
+                    "userMessageId": "m1", "stopRequested": false, "turnStartedAt": now,
+                    "attempts": 1, "expiresAt": now + 3_600_000, "version": 0
                 }))
                 .unwrap(),
                 None,
             )
             .await
             .unwrap();
-        let big = "x".repeat(20_000);
-        for i in 0..30 {
+        for i in 0..events {
             s.store
                 .append_event(&StreamEvent {
                     run_id: "r1".into(),
                     first_event_id: i + 1,
-                    chunks: vec![delta(&big)],
+                    chunks: vec![delta(text)],
                     expires_at: now + 86_400_000,
                 })
                 .await
@@ -266,6 +269,85 @@ mod tests {
             expires_at: now + 3_600_000,
         };
         s.store.put_connection(&conn).await.unwrap();
+        conn
+    }
+
+    /// What a resume of chat `c1` naming `run_id` and `last_event_id` delivers: the
+    /// `subscribed` frame's replay bounds, and the ids of the replayed events.
+    async fn replay_of(
+        turn_start_event_id: u64,
+        streaming: bool,
+        run_id: Option<&str>,
+        last_event_id: u64,
+    ) -> ((u64, u64), Vec<u64>) {
+        let t = crate::testkit::memory::services(crate::config::Settings::with_secret(
+            "0123456789abcdef0123456789abcdef",
+        ));
+        let conn = seed_run(&t.services, turn_start_event_id, streaming, 40, "word ").await;
+        let req = Resume {
+            request_id: None,
+            chat_id: crate::domain::ChatId::parse("c1").unwrap(),
+            run_id: run_id.map(str::to_owned),
+            last_event_id,
+        };
+        resume(&t.services, &conn, &req).await.unwrap();
+        let frames = t.connections.frames_of("k1");
+        let bounds = (
+            frames[0]["replayFrom"].as_u64().unwrap(),
+            frames[0]["replayThrough"].as_u64().unwrap(),
+        );
+        let mut ids = Vec::new();
+        for frame in &frames[1..] {
+            let first = frame["firstEventId"].as_u64().unwrap();
+            let count = frame["chunks"].as_array().unwrap().len() as u64;
+            ids.extend(first..first + count);
+        }
+        (bounds, ids)
+    }
+
+    #[tokio::test]
+    async fn a_resume_that_does_not_name_the_run_gets_the_running_turn_only() {
+        // Turn 3 of the run started at event 31; events 1-30 are earlier, completed turns.
+        let ((from, through), ids) = replay_of(31, true, None, 0).await;
+        assert_eq!((from, through), (30, 40));
+        assert_eq!(
+            ids,
+            (31..=40).collect::<Vec<_>>(),
+            "from the running turn's start"
+        );
+        let ((from, _), ids) = replay_of(31, true, Some("an-old-run"), 12).await;
+        assert_eq!(from, 30, "another run's event id means nothing in this one");
+        assert_eq!(ids.first(), Some(&31));
+        // No turn running: the history over HTTP holds everything; nothing is replayed.
+        let ((from, through), ids) = replay_of(31, false, None, 0).await;
+        assert_eq!((from, through), (40, 40));
+        assert!(ids.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_resume_naming_the_run_gets_what_it_missed() {
+        let ((from, through), ids) = replay_of(31, true, Some("r1"), 35).await;
+        assert_eq!((from, through), (35, 40));
+        assert_eq!(ids, (36..=40).collect::<Vec<_>>());
+        // Asking from a turn boundary of the run (event 20 ended turn 2) replays from there.
+        let (_, ids) = replay_of(31, true, Some("r1"), 20).await;
+        assert_eq!(ids, (21..=40).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_replay_bigger_than_the_send_buffer_is_paced_not_gapped() {
+        use crate::config::Settings;
+        let mut t = crate::testkit::memory::services(Settings::with_secret(
+            "0123456789abcdef0123456789abcdef",
+        ));
+        let buffer = std::sync::Arc::new(SmallBuffer {
+            delivered: Default::default(),
+            refusals: Default::default(),
+        });
+        t.services.connections = buffer.clone();
+        let s = &t.services;
+        let chat_id = crate::domain::ChatId::parse("c1").unwrap();
+        let conn = seed_run(s, 1, true, 30, &"x".repeat(20_000)).await;
         let req = Resume {
             request_id: None,
             chat_id: chat_id.clone(),

@@ -5,7 +5,9 @@
 //!   `ManualClock`, `SequentialIds`, and [`memory::services`] to build `Services` from them.
 //! - [`store_conformance`]: `run_all(&store)` for any `ChatStore`.
 //! - [`queue_conformance`]: `run_all(make)` for any `TurnQueue + TurnQueueConsumer`.
+//! - [`fuzz_checks`]: the properties the `fuzz/` targets check, also run over their corpus.
 
+pub mod fuzz_checks;
 pub mod memory;
 pub mod queue_conformance;
 pub mod store_conformance;
