@@ -105,7 +105,12 @@ async fn a_chats_second_turn_runs_on_the_model_sent_with_it_and_the_chat_keeps_i
         .await;
     assert_eq!(client.recv_type_or_error("ack").await["type"], "ack");
     read_turn(&mut client, &mut applied).await;
-    assert!(applied.message().text().starts_with("*Answering as offline-large.*"));
+    assert!(
+        applied
+            .message()
+            .text()
+            .starts_with("*Answering as offline-large.*")
+    );
     let chat = app.chat(chat_id, &token).await;
     assert_eq!(chat["model"], "offline-large");
     assert_eq!(reply_model(&chat), "offline-large");
