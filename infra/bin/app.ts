@@ -35,6 +35,7 @@ new ChatrunStack(app, context('stackName') ?? 'Chatrun', {
   ...assets,
   modelApiKeySecretName: context('modelApiKeySecretName'),
   chatModel: context('chatModel'),
+  chatModels: context('chatModels')?.split(',').map((id: string) => id.trim()).filter(Boolean),
   openAiBaseUrl: context('openAiBaseUrl'),
   deletionProtection: flag('deletionProtection', true),
   alarmEmail: context('alarmEmail'),

@@ -47,6 +47,8 @@ export interface ChatrunStackProps extends cdk.StackProps {
   /** Secrets Manager secret holding the model API key; the offline model answers without one. */
   readonly modelApiKeySecretName?: string;
   readonly chatModel?: string;
+  /** More models users may pick besides `chatModel`, served by the same provider (`CHAT_MODELS`). */
+  readonly chatModels?: string[];
   readonly openAiBaseUrl?: string;
   readonly deletionProtection: boolean;
   readonly alarmEmail?: string;
@@ -154,6 +156,7 @@ export class ChatrunStack extends cdk.Stack {
     };
     const modelEnv: Record<string, string> = {};
     if (props.chatModel) modelEnv.CHAT_MODEL = props.chatModel;
+    if (props.chatModels?.length) modelEnv.CHAT_MODELS = props.chatModels.join(',');
     if (props.openAiBaseUrl) modelEnv.OPENAI_BASE_URL = props.openAiBaseUrl;
     if (modelKey) modelEnv.CHAT_MODEL_API_KEY_SECRET_ARN = modelKey.secretArn;
 
@@ -209,7 +212,9 @@ export class ChatrunStack extends cdk.Stack {
 
     const ws = { CHAT_WS_MANAGEMENT_ENDPOINT: managementEndpoint };
     const connect = fn('connect', cdk.Duration.seconds(10), 256);
-    const sendMessage = fn('send-message', cdk.Duration.seconds(20), 256, { ...ws, CHAT_TURN_QUEUE_URL: turns.queueUrl });
+    // send-message refuses a model the provider does not offer: it reads the model list (and the
+    // key secret's ARN, which names the provider), never the key itself.
+    const sendMessage = fn('send-message', cdk.Duration.seconds(20), 256, { ...ws, ...modelEnv, CHAT_TURN_QUEUE_URL: turns.queueUrl });
     const streamOut = fn('stream-out', cdk.Duration.seconds(29), 256, ws);
     const runTurn = fn('run-turn', pipeline.runTurnTimeout, pipeline.runTurnMemoryMb, {
       ...ws,
@@ -225,7 +230,8 @@ export class ChatrunStack extends cdk.Stack {
 
     sendMessage.addToRolePolicy(new iam.PolicyStatement({ actions: ['sqs:SendMessage'], resources: [turns.queueArn] }));
     if (modelKey) {
-      for (const f of [runTurn, api]) {
+      // Only run-turn calls the model; api lists the models without the key.
+      for (const f of [runTurn]) {
         // The ARN of a secret named without its random suffix ends in `-??????` (six characters).
         f.addToRolePolicy(new iam.PolicyStatement({ actions: ['secretsmanager:GetSecretValue'], resources: [`${modelKey.secretArn}-??????`] }));
       }

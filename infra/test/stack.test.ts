@@ -128,7 +128,8 @@ describe('chatrun stack', () => {
     assert.deepEqual(Object.keys(functions).sort(), [...FUNCTION_NAMES].sort());
     const needs: Record<FunctionName, string[]> = {
       connect: [],
-      'send-message': ['CHAT_TURN_QUEUE_URL', 'CHAT_WS_MANAGEMENT_ENDPOINT'],
+      // The ARN names the provider whose models send-message accepts; it cannot read the key.
+      'send-message': ['CHAT_TURN_QUEUE_URL', 'CHAT_WS_MANAGEMENT_ENDPOINT', 'CHAT_MODEL_API_KEY_SECRET_ARN'],
       'stream-out': ['CHAT_WS_MANAGEMENT_ENDPOINT'],
       'run-turn': ['CHAT_TURN_QUEUE_URL', 'CHAT_DEAD_LETTER_QUEUE_URL', 'CHAT_DEAD_LETTER_QUEUE_ARN', 'CHAT_WS_MANAGEMENT_ENDPOINT', 'CHAT_MODEL_API_KEY_SECRET_ARN'],
       api: ['CHAT_MODEL_API_KEY_SECRET_ARN'],
@@ -147,6 +148,16 @@ describe('chatrun stack', () => {
     const logGroups = resources('AWS::Logs::LogGroup');
     assert.ok(logGroups.length >= 7);
     for (const g of logGroups) assert.equal(g.Properties.RetentionInDays, 30);
+  });
+
+  it('gives the functions that list, accept or call models the same model list', () => {
+    const listed = functionsOf(synth({ chatModel: 'gpt-4o-mini', chatModels: ['gpt-4o', 'o4-mini'] }).template);
+    for (const name of ['send-message', 'run-turn', 'api'] as const) {
+      const env = listed[name].Properties.Environment.Variables;
+      assert.equal(env.CHAT_MODEL, 'gpt-4o-mini', name);
+      assert.equal(env.CHAT_MODELS, 'gpt-4o,o4-mini', name);
+    }
+    assert.equal(functions['send-message'].Properties.Environment.Variables.CHAT_MODELS, undefined, 'none unless configured');
   });
 
   it('finds every function\'s bootstrap in the synthesised assets, and refuses the placeholders', () => {
@@ -238,7 +249,7 @@ describe('chatrun stack', () => {
       const secrets = withAction(statements, 'secretsmanager:GetSecretValue').flatMap((s) => [s.Resource].flat()).map((r: any) => JSON.stringify(r));
       assert.ok(secrets.some((r) => r.includes(tokenSecretId)), `${name} reads the token secret`);
       const readsModelKey = secrets.some((r) => r.includes('chatrun/openai-??????'));
-      assert.equal(readsModelKey, name === 'run-turn' || name === 'api', `${name}: model key`);
+      assert.equal(readsModelKey, name === 'run-turn', `${name}: model key`);
     }
     const methods = (name: FunctionName) =>
       withAction(statementsOf(template, name), 'execute-api:ManageConnections')

@@ -7,6 +7,7 @@ import { groupChats } from './dates';
 import { Dialog } from './Dialog';
 import { MenuIcon, MoonIcon, PlusIcon, SunIcon, TrashIcon, EditIcon } from './icons';
 import { newId } from './ids';
+import { modelForSend, modelLabel, modelOptions, shownModel } from './models';
 import type { ChatSummary, ModelInfo, ServerFrame } from './protocol';
 import { chooseTheme, rememberedTheme, systemTheme, type Theme } from './theme';
 import { WebSocketChatTransport, type ConnectionStatus, type SessionInfo } from './transport';
@@ -21,9 +22,12 @@ export function App() {
   const sessions = useRef(new Map<string, SessionInfo>());
   const frameListeners = useRef(new Set<(frame: ServerFrame) => void>());
   const unclaimedListeners = useRef(new Set<(chatId: string) => void>());
-  const [model, setModel] = useState<string | undefined>();
-  const modelRef = useRef<string | undefined>(undefined);
-  modelRef.current = model;
+  // The model picked in the header for the open chat's next message (none: the chat's own).
+  const [picked, setPicked] = useState<string | undefined>();
+  // What the transport reads when it sends: the open chat, its pick and its stored model.
+  const modelChoice = useRef<{ chatId: string | null; picked?: string; chatModel?: string }>({ chatId: null });
+  // Models sent with a message, per chat, until the server acknowledges (then they are the chat's).
+  const sentModels = useRef(new Map<string, string>());
   const [connection, setConnection] = useState<ConnectionStatus>({ state: 'idle', attempt: 0 });
   const transport = useMemo(
     () =>
@@ -33,7 +37,13 @@ export function App() {
           await api.refreshToken();
         },
         session: (chatId) => sessions.current.get(chatId),
-        model: () => modelRef.current,
+        model: (id) => {
+          const choice = modelChoice.current;
+          const model = id === choice.chatId ? modelForSend(choice.picked, choice.chatModel) : undefined;
+          if (model) sentModels.current.set(id, model);
+          else sentModels.current.delete(id);
+          return model;
+        },
         onFrame: (frame) => frameListeners.current.forEach((listener) => listener(frame)),
         onUnclaimedTurn: (id) => unclaimedListeners.current.forEach((listener) => listener(id)),
         onStatus: setConnection,
@@ -92,7 +102,6 @@ export function App() {
       .then((m) => {
         setModels(m.models);
         setDefaultModel(m.default);
-        setModel((current) => current ?? m.default);
       })
       .catch(() => {});
     const onPop = () => {
@@ -110,6 +119,15 @@ export function App() {
   useEffect(() => {
     const listener = (frame: ServerFrame) => {
       if (frame.type === 'turn-complete' || frame.type === 'turn-started') void refreshChats();
+      if (frame.type === 'ack' && sentModels.current.has(frame.chatId)) {
+        // The turn started with the picked model: it is the chat's own now.
+        const model = sentModels.current.get(frame.chatId)!;
+        sentModels.current.delete(frame.chatId);
+        if (frame.chatId === modelChoice.current.chatId) {
+          setMeta((m) => ({ title: m?.title ?? 'New chat', model }));
+          setPicked((p) => (p === model ? undefined : p));
+        }
+      }
       if (frame.type === 'error' && frame.fromGateway) setGatewayError(frame.message);
     };
     frameListeners.current.add(listener);
@@ -174,6 +192,7 @@ export function App() {
     setRouteChatId(id);
     if (!id) setDraftId(newId());
     setMeta(null);
+    setPicked(undefined);
     setSidebarOpen(false);
   };
 
@@ -202,8 +221,10 @@ export function App() {
   useEffect(() => {
     document.title = title === 'New chat' ? 'chatrun' : `${title} · chatrun`;
   }, [title]);
-  const modelId = meta?.model || (meta ? defaultModel : model);
-  const modelLabel = models.find((m) => m.id === modelId)?.label ?? modelId;
+  const chatModel = meta?.model || undefined;
+  const modelId = shownModel(picked, chatModel, defaultModel);
+  const shownLabel = modelLabel(models, modelId);
+  modelChoice.current = { chatId, picked, chatModel };
 
   const query = search.trim().toLowerCase();
   const visible = query ? chats.filter((c) => c.title.toLowerCase().includes(query)) : chats;
@@ -288,10 +309,27 @@ export function App() {
             <MenuIcon />
           </button>
           <h1 className="topbar-title">{title}</h1>
-          {modelLabel && (
-            <span className="model-chip" aria-label={`Model: ${modelLabel}`}>
-              {modelLabel}
-            </span>
+          {models.length > 1 ? (
+            <select
+              className="model-select"
+              aria-label="Model"
+              aria-description="Answers from the next message on"
+              title="Model for the next message"
+              value={modelId ?? ''}
+              onChange={(e) => setPicked(e.target.value)}
+            >
+              {modelOptions(models, modelId).map((m) => (
+                <option key={m.id} value={m.id}>
+                  {m.label}
+                </option>
+              ))}
+            </select>
+          ) : (
+            shownLabel && (
+              <span className="model-chip" aria-label={`Model: ${shownLabel}`}>
+                {shownLabel}
+              </span>
+            )
           )}
           <span className={`connection-dot ${connection.state}`} role="img" aria-label={`Connection: ${down ? 'reconnecting' : connection.state}`} />
           <button
@@ -334,9 +372,6 @@ export function App() {
           sessions={sessions.current}
           frameListeners={frameListeners.current}
           unclaimedListeners={unclaimedListeners.current}
-          models={models}
-          model={model}
-          onModel={setModel}
           onCreated={onCreated}
           onMeta={setMeta}
           title={title}

@@ -6,7 +6,7 @@ import { ApiError, type Api } from './api';
 import { CopyButton } from './CopyButton';
 import { ArrowDownIcon, ArrowUpIcon, EditIcon, RegenerateIcon, StopIcon } from './icons';
 import { Markdown } from './Markdown';
-import type { ChatView, ModelInfo, ServerFrame } from './protocol';
+import type { ChatView, ServerFrame } from './protocol';
 import { readSnapshot, savePaint, saveSnapshot } from './snapshot';
 import type { SessionInfo, WebSocketChatTransport } from './transport';
 
@@ -25,9 +25,6 @@ interface Props {
   sessions: Map<string, SessionInfo>;
   frameListeners: Set<(frame: ServerFrame) => void>;
   unclaimedListeners: Set<(chatId: string) => void>;
-  models: ModelInfo[];
-  model: string | undefined;
-  onModel: (model: string) => void;
   /** The first message of a new chat was accepted. */
   onCreated: (chatId: string) => void;
   onMeta: (meta: ChatMeta) => void;
@@ -140,9 +137,6 @@ function Conversation({
   sessions,
   frameListeners,
   unclaimedListeners,
-  models,
-  model,
-  onModel,
   onCreated,
   initial,
   fresh,
@@ -405,19 +399,6 @@ function Conversation({
           submit();
         }}
       >
-        {messages.length === 0 && models.length > 1 && (
-          <label className="model-picker">
-            <span>Model</span>
-            <select value={model} onChange={(e) => onModel(e.target.value)}>
-              {models.map((m) => (
-                <option key={m.id} value={m.id}>
-                  {m.label}
-                  {m.offline ? ' · offline' : ''}
-                </option>
-              ))}
-            </select>
-          </label>
-        )}
         <div className="composer-box">
           <textarea
             ref={box}

@@ -26,8 +26,9 @@ export interface TransportOptions {
   onConnectFailed?: () => Promise<void> | void;
   /** The session of a chat as loaded over HTTP, to resume from its `lastEventId`. */
   session?: (chatId: string) => SessionInfo | null | undefined;
-  /** The model a new chat should use. */
-  model?: () => string | undefined;
+  /** The model a send to this chat carries (DESIGN §5 addition): a new chat's model, or a
+   *  new model for an existing chat from this turn on. Undefined: the chat's own. */
+  model?: (chatId: string) => string | undefined;
   /** A turn began streaming on a chat this page follows but did not start (another tab). */
   onUnclaimedTurn?: (chatId: string) => void;
   /** Every frame, after the transport has handled it (the page reacts to some). */
@@ -201,6 +202,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     const state = this.state(chatId);
     // An edit (`sendMessage({ messageId })`) names the user message it replaces: the message
     // sent carries that id, and the server drops everything after it (DESIGN §5).
+    const model = this.options.model?.(chatId);
     const frame: ClientFrame =
       trigger === 'submit-message'
         ? {
@@ -209,9 +211,9 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
             trigger,
             message: messages[messages.length - 1],
             ...(options.messageId ? { messageId: options.messageId } : {}),
-            model: this.options.model?.(),
+            ...(model ? { model } : {}),
           }
-        : { action: 'send-message', chatId, trigger, messageId: options.messageId };
+        : { action: 'send-message', chatId, trigger, messageId: options.messageId, ...(model ? { model } : {}) };
     // The sender is subscribed by the send itself: frames of this turn may come before the ack.
     state.following = true;
     const ack = await this.request(frame);

@@ -685,6 +685,26 @@ impl ChatStore for DynamoChatStore {
         chat_from_item(&out.attributes.unwrap_or_default())
     }
 
+    async fn set_chat_model(&self, chat_id: &ChatId, model: &str) -> Result<Chat, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&keys::chat(chat_id))))
+            .update_expression("SET #model = :m")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#model", attr::MODEL)
+            .expression_attribute_values(":m", s(model))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| match store_error(e) {
+                StoreError::Conflict(_) => StoreError::NotFound(format!("chat {chat_id}")),
+                other => other,
+            })?;
+        chat_from_item(&out.attributes.unwrap_or_default())
+    }
+
     /// Deletes the events of every run the chat had (its run markers and its session name
     /// them), then the chat's own items (messages, session, subscriptions, markers) and the
     /// subscriptions' twins. A failure leaves the chat there to delete again.

@@ -10,7 +10,9 @@ use aws_config::environment::{
     EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
 };
 use chatrun_core::auth::TokenIssuer;
-use chatrun_core::config::{AwsSettings, ConfigError, ModelSettings, Settings, check_token_secret};
+use chatrun_core::config::{
+    AwsSettings, ConfigError, ModelCatalog, ModelSettings, Settings, check_token_secret,
+};
 use chatrun_core::domain::TurnJob;
 use chatrun_core::engine::Services;
 use chatrun_core::error::{PostError, QueueError};
@@ -112,25 +114,45 @@ pub async fn model_settings(
     sdk: &aws_config::SdkConfig,
     aws: &AwsSettings,
 ) -> Result<ModelSettings, ColdStartError> {
-    let Some(arn) = &aws.model_api_key_secret_arn else {
-        return Ok(ModelSettings::from_env()?);
-    };
-    let api_key = read_secret(sdk, arn).await?;
+    let mut settings = keyless_model_settings(aws)?;
+    if let (Some(arn), ModelSettings::OpenAi { api_key, .. }) =
+        (&aws.model_api_key_secret_arn, &mut settings)
+    {
+        *api_key = read_secret(sdk, arn).await?;
+    }
+    Ok(settings)
+}
+
+/// The model settings without reading the API key secret (its `api_key` is empty when a secret
+/// holds it): enough to know the provider and its models.
+fn keyless_model_settings(aws: &AwsSettings) -> Result<ModelSettings, ConfigError> {
+    if aws.model_api_key_secret_arn.is_none() {
+        return ModelSettings::from_env();
+    }
     let base_url = std::env::var("OPENAI_BASE_URL")
         .ok()
         .filter(|v| !v.is_empty());
     let model = std::env::var("CHAT_MODEL").unwrap_or_else(|_| "gpt-4o-mini".into());
     Ok(ModelSettings::OpenAi {
-        api_key,
+        api_key: String::new(),
         base_url,
         model,
     })
+}
+
+/// The models users may pick (`CHAT_MODEL`, `CHAT_MODELS`), read without the API key, so that
+/// `send-message` and `api` know them with no access to the key's secret.
+/// # Errors
+/// A malformed model setting.
+pub fn model_catalog(aws: &AwsSettings) -> Result<ModelCatalog, ConfigError> {
+    ModelCatalog::from_env(&keyless_model_settings(aws)?)
 }
 
 /// The engine's services on the given store, queue and connections, with the system clock,
 /// UUID ids and no lifecycle hooks.
 pub fn services(
     settings: Settings,
+    models: ModelCatalog,
     store: Arc<dyn ChatStore>,
     queue: Arc<dyn TurnQueue>,
     connections: Arc<dyn Connections>,
@@ -144,6 +166,7 @@ pub fn services(
         ids: Arc::new(UuidIds),
         tokens: TokenIssuer::new(&settings.token_secret),
         settings: Arc::new(settings),
+        models: Arc::new(models),
     }
 }
 

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::ports::ModelInfo;
+
 /// A setting that is missing or malformed.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {name}: {problem}")]
@@ -171,7 +173,22 @@ pub enum ModelSettings {
 /// Anthropic's OpenAI-compatible endpoint.
 pub const ANTHROPIC_OPENAI_BASE_URL: &str = "https://api.anthropic.com/v1";
 
+/// The id of the built-in offline model.
+pub const OFFLINE_MODEL_ID: &str = "offline";
+
+/// Longest model id accepted in `CHAT_MODELS` and in a `send-message`.
+pub const MAX_MODEL_ID_CHARS: usize = 100;
+
 impl ModelSettings {
+    /// The model a chat uses when it names none: `CHAT_MODEL` (or the provider's usual one),
+    /// [`OFFLINE_MODEL_ID`] for the offline model.
+    pub fn default_model(&self) -> &str {
+        match self {
+            ModelSettings::OpenAi { model, .. } | ModelSettings::Anthropic { model, .. } => model,
+            ModelSettings::Offline { .. } => OFFLINE_MODEL_ID,
+        }
+    }
+
     /// # Errors
     /// `CHAT_OFFLINE_TOKENS_PER_SEC` that is not a positive number.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -206,6 +223,116 @@ impl ModelSettings {
         offline_reply_tokens_from_env()?;
         Ok(ModelSettings::Offline { tokens_per_sec })
     }
+}
+
+/// The models a user can pick (`GET /api/models`), all served by the one configured provider:
+/// its default model, then the ids `CHAT_MODELS` lists. It holds no credentials, so
+/// `send-message` reads it too, to refuse an unknown model before anything is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCatalog {
+    models: Vec<ModelInfo>,
+    default: String,
+}
+
+impl ModelCatalog {
+    /// The provider's default model and the `extra` ids (duplicates dropped), in that order.
+    /// # Errors
+    /// An extra id that is empty, longer than [`MAX_MODEL_ID_CHARS`] or holds a comma,
+    /// whitespace or a control character (named as `CHAT_MODELS`, where they come from).
+    pub fn new(settings: &ModelSettings, extra: &[String]) -> Result<Self, ConfigError> {
+        if let Some(bad) = extra.iter().find(|id| !is_valid_model_id(id)) {
+            return Err(ConfigError {
+                name: "CHAT_MODELS",
+                problem: format!(
+                    "{bad:?} is not a model id (1-{MAX_MODEL_ID_CHARS} characters, no spaces or commas)"
+                ),
+            });
+        }
+        Ok(Self::build(settings, extra))
+    }
+
+    /// The settings' default model alone.
+    pub fn single(settings: &ModelSettings) -> Self {
+        Self::build(settings, &[])
+    }
+
+    fn build(settings: &ModelSettings, extra: &[String]) -> Self {
+        let (provider, offline) = match settings {
+            ModelSettings::OpenAi { .. } => ("OpenAI-compatible", false),
+            ModelSettings::Anthropic { .. } => ("Anthropic", false),
+            ModelSettings::Offline { .. } => ("offline", true),
+        };
+        // The default is the operator's own `CHAT_MODEL` (or a built-in name): offered as is.
+        let default = settings.default_model().to_owned();
+        let mut models: Vec<ModelInfo> = Vec::new();
+        for id in std::iter::once(&default).chain(extra) {
+            if models.iter().any(|m| &m.id == id) {
+                continue;
+            }
+            let label = if offline && id == OFFLINE_MODEL_ID {
+                "Offline (built-in)".to_owned()
+            } else {
+                format!("{id} ({provider})")
+            };
+            models.push(ModelInfo {
+                id: id.clone(),
+                label,
+                offline,
+            });
+        }
+        ModelCatalog { models, default }
+    }
+
+    /// The catalog of the settings with the models `CHAT_MODELS` adds: a comma-separated list
+    /// of model ids the same provider serves (`gpt-4o-mini,gpt-4o`; the offline model answers
+    /// as any id, and says which in its reply). Unset: the provider's default model alone.
+    /// # Errors
+    /// A listed id that is not a model id.
+    pub fn from_env(settings: &ModelSettings) -> Result<Self, ConfigError> {
+        Self::new(settings, &listed_models_from_env())
+    }
+
+    /// A catalog as a provider describes it (tests, and providers that list their own).
+    pub fn from_parts(models: Vec<ModelInfo>, default: String) -> Self {
+        ModelCatalog { models, default }
+    }
+
+    /// Every model, the default first.
+    pub fn models(&self) -> &[ModelInfo] {
+        &self.models
+    }
+
+    /// The model a chat uses when it names none.
+    pub fn default_model(&self) -> &str {
+        &self.default
+    }
+
+    /// Whether users may pick `id`.
+    pub fn contains(&self, id: &str) -> bool {
+        self.models.iter().any(|m| m.id == id)
+    }
+}
+
+/// The ids `CHAT_MODELS` lists (see [`ModelCatalog::from_env`]), unchecked.
+pub fn listed_models_from_env() -> Vec<String> {
+    var("CHAT_MODELS")
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A model id as a setting or a request may carry it: 1-100 characters, none of them
+/// whitespace or control characters (ids such as `meta-llama/llama-3.1-8b:free` pass).
+pub fn is_valid_model_id(id: &str) -> bool {
+    (1..=MAX_MODEL_ID_CHARS).contains(&id.chars().count())
+        && !id
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',')
 }
 
 /// `CHAT_OFFLINE_REPLY_TOKENS`: when set, every reply of the built-in offline model is exactly
@@ -261,5 +388,50 @@ impl AwsSettings {
             model_api_key_secret_arn: var("CHAT_MODEL_API_KEY_SECRET_ARN"),
             management_endpoint: var("CHAT_WS_MANAGEMENT_ENDPOINT"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_catalog_offers_the_default_first_then_the_listed_models_once() {
+        let offline = ModelSettings::Offline {
+            tokens_per_sec: 40.0,
+        };
+        let extra = ["offline-large", "offline", "offline-large"].map(String::from);
+        let catalog = ModelCatalog::new(&offline, &extra).expect("valid ids");
+        let ids: Vec<&str> = catalog.models().iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["offline", "offline-large"]);
+        assert_eq!(catalog.default_model(), "offline");
+        assert_eq!(catalog.models()[0].label, "Offline (built-in)");
+        assert_eq!(catalog.models()[1].label, "offline-large (offline)");
+        assert!(catalog.models().iter().all(|m| m.offline));
+        assert!(catalog.contains("offline-large"));
+        assert!(!catalog.contains("gpt-4o"));
+
+        let openai = ModelSettings::OpenAi {
+            api_key: "k".into(),
+            base_url: None,
+            model: "gpt-4o-mini".into(),
+        };
+        let single = ModelCatalog::single(&openai);
+        assert_eq!(single.default_model(), "gpt-4o-mini");
+        assert_eq!(single.models().len(), 1);
+        assert_eq!(single.models()[0].label, "gpt-4o-mini (OpenAI-compatible)");
+        assert!(!single.models()[0].offline);
+    }
+
+    #[test]
+    fn a_listed_model_id_must_be_one() {
+        let offline = ModelSettings::Offline {
+            tokens_per_sec: 40.0,
+        };
+        for bad in ["", "two words", "a\tb", &"x".repeat(MAX_MODEL_ID_CHARS + 1)] {
+            let err = ModelCatalog::new(&offline, &[bad.to_owned()]).unwrap_err();
+            assert_eq!(err.name, "CHAT_MODELS", "{bad:?}");
+        }
+        assert!(is_valid_model_id("meta-llama/llama-3.1-8b:free"));
     }
 }

@@ -139,6 +139,11 @@ pub struct ChatSession {
     pub assistant_message_id: Option<String>,
     /// The running turn's user message id.
     pub user_message_id: Option<String>,
+    /// The model the running (or last) turn uses, chosen with its message and fixed when the
+    /// turn is claimed, so run-turn (also on a redelivery) answers with it whatever the chat's
+    /// model is by then. `None` in sessions stored before it existed: the chat's model applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_model: Option<String>,
     pub stop_requested: bool,
     /// With a stop: the last event the stopping client had shown. The stored reply is cut back
     /// to it, so it is exactly the text that was on screen when Stop was pressed.

@@ -56,6 +56,13 @@ pub trait ChatStore: Send + Sync {
         now: Millis,
     ) -> Result<Chat, StoreError>;
 
+    /// Sets the model the chat's turns use from now on, and returns the updated chat. Neither
+    /// `updated_at` nor the title changes (the message sent with a new model moves
+    /// `updated_at`).
+    /// # Errors
+    /// `NotFound` when the chat does not exist.
+    async fn set_chat_model(&self, chat_id: &ChatId, model: &str) -> Result<Chat, StoreError>;
+
     /// Deletes the chat with its messages, session, subscriptions and the stream events of its
     /// current run. Deleting a missing chat succeeds.
     async fn delete_chat(&self, chat_id: &ChatId) -> Result<(), StoreError>;

@@ -27,8 +27,10 @@ pub struct SendMessage {
     /// For `regenerate-message`: the assistant message to replace (the last one when absent).
     #[serde(default)]
     pub message_id: Option<String>,
-    /// The model for a new chat (ignored for an existing one). An addition to DESIGN §5 so the
-    /// page's model picker has an effect.
+    /// The model this turn and later ones use (an addition to DESIGN §5): a new chat's model,
+    /// or a new one for an existing chat, which becomes the chat's once the turn is claimed.
+    /// One of `GET /api/models`, else `bad_request`. Absent: the chat's own (a new chat: the
+    /// default). Any trigger may carry it: a regeneration or an edit can change the model too.
     #[serde(default)]
     pub model: Option<String>,
 }

@@ -376,6 +376,24 @@ impl ChatStore for SqliteChatStore {
         .await
     }
 
+    async fn set_chat_model(&self, chat_id: &ChatId, model: &str) -> Result<Chat, StoreError> {
+        let chat_id = chat_id.clone();
+        let model = model.to_owned();
+        self.with(move |c| {
+            let raw = c
+                .query_row(
+                    &format!("UPDATE chats SET model = ?2 WHERE id = ?1 RETURNING {CHAT_COLUMNS}"),
+                    params![chat_id.as_str(), model],
+                    chat_from_row,
+                )
+                .optional()
+                .map_err(store_error)?
+                .ok_or_else(|| StoreError::NotFound(format!("chat {chat_id}")))?;
+            into_chat(raw)
+        })
+        .await
+    }
+
     async fn delete_chat(&self, chat_id: &ChatId) -> Result<(), StoreError> {
         let chat_id = chat_id.as_str().to_owned();
         let mirror = self.mirror.clone();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use chatrun_aws::{ApiGwConnections, DynamoChatStore, SqsTurnQueue};
 use chatrun_core::auth::TokenIssuer;
-use chatrun_core::config::Settings;
+use chatrun_core::config::{ModelCatalog, Settings};
 use chatrun_core::engine::Services;
 use chatrun_core::hooks::NoHooks;
 use chatrun_core::ports::{
@@ -29,6 +29,7 @@ pub struct Backend {
 
 fn services(
     settings: Arc<Settings>,
+    models: Arc<ModelCatalog>,
     store: Arc<dyn ChatStore>,
     queue: Arc<dyn TurnQueue>,
     connections: Arc<dyn Connections>,
@@ -42,6 +43,7 @@ fn services(
         ids: Arc::new(UuidIds),
         tokens: TokenIssuer::new(&settings.token_secret),
         settings,
+        models,
     }
 }
 
@@ -55,6 +57,10 @@ pub async fn open(
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating the data directory {}", options.data_dir.display()))?;
     let settings = Arc::new(options.settings.clone());
+    let models = Arc::new(
+        ModelCatalog::new(&options.model, &options.extra_models)
+            .context("reading the model list")?,
+    );
     match options.backend {
         BackendKind::Embedded => {
             let store = Arc::new(
@@ -70,7 +76,7 @@ pub async fn open(
                 .context("opening the SQLite turn queue")?,
             );
             Ok(Backend {
-                services: services(settings, store.clone(), queue.clone(), sockets),
+                services: services(settings, models, store.clone(), queue.clone(), sockets),
                 consumer: queue.clone(),
                 visibility: queue.clone(),
                 close: Arc::new(move || {
@@ -79,7 +85,7 @@ pub async fn open(
                 }),
             })
         }
-        BackendKind::Aws => open_aws(options, settings, addr).await,
+        BackendKind::Aws => open_aws(options, settings, models, addr).await,
     }
 }
 
@@ -109,6 +115,7 @@ async fn sdk_config(endpoint: Option<&str>) -> aws_config::SdkConfig {
 async fn open_aws(
     options: &ServeOptions,
     settings: Arc<Settings>,
+    models: Arc<ModelCatalog>,
     addr: SocketAddr,
 ) -> anyhow::Result<Backend> {
     let AwsBackendOptions {
@@ -155,6 +162,7 @@ async fn open_aws(
     Ok(Backend {
         services: services(
             settings,
+            models,
             Arc::new(DynamoChatStore::new(dynamo, table_name.clone())),
             queue.clone(),
             Arc::new(connections),

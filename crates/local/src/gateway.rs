@@ -163,11 +163,10 @@ async fn prepare(
     ensure_token_secret(&mut options)?;
     let addr = listener.local_addr()?;
     let backend = backend::open(&options, sockets.clone(), addr).await?;
-    let model = chatrun_models::model_from_settings(&options.model);
+    let model = chatrun_models::model_from_settings(&options.model, &backend.services.models);
     let gateway = Arc::new(Gateway {
         api: ApiDeps {
             services: backend.services.clone(),
-            model: model.clone(),
         },
         services: backend.services,
         model,

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use chatrun_core::config::{ModelSettings, Settings};
+use chatrun_core::config::{ModelSettings, Settings, listed_models_from_env};
 use chatrun_local::options::{AwsBackendOptions, BackendKind, ServeOptions};
 use clap::{Parser, Subcommand};
 
@@ -82,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env(false)?;
     let model = ModelSettings::from_env()?;
     let mut options = ServeOptions::new(data_dir, settings, model);
+    options.extra_models = listed_models_from_env();
     options.host = host;
     options.port = port;
     options.backend = backend;

@@ -50,6 +50,8 @@ pub struct ServeOptions {
     pub max_concurrent_turns: usize,
     pub settings: Settings,
     pub model: ModelSettings,
+    /// More models users may pick besides the default, all served by `model` (`CHAT_MODELS`).
+    pub extra_models: Vec<String>,
     pub aws: AwsBackendOptions,
 }
 
@@ -68,6 +70,7 @@ impl ServeOptions {
             max_concurrent_turns: 2048,
             settings,
             model,
+            extra_models: Vec::new(),
             aws: AwsBackendOptions {
                 table_name: "chatrun".into(),
                 queue_name: "chatrun-turns".into(),

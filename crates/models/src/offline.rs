@@ -10,19 +10,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatrun_core::chunk::FinishReason;
+use chatrun_core::config::ModelCatalog;
 use chatrun_core::error::ModelError;
 use chatrun_core::message::Role;
 use chatrun_core::ports::{LanguageModel, ModelEvent, ModelInfo, ModelRequest, ModelStream, Usage};
 use futures::StreamExt;
 
 /// The id `/api/models` lists.
-pub const OFFLINE_MODEL_ID: &str = "offline";
+pub use chatrun_core::config::OFFLINE_MODEL_ID;
 
 /// The built-in model.
 #[derive(Debug, Clone)]
 pub struct OfflineModel {
     tokens_per_sec: f64,
     reply_tokens: Option<usize>,
+    /// The models it answers as (`CHAT_MODELS`), when more than [`OFFLINE_MODEL_ID`].
+    catalog: Option<ModelCatalog>,
 }
 
 impl OfflineModel {
@@ -30,7 +33,16 @@ impl OfflineModel {
         OfflineModel {
             tokens_per_sec: tokens_per_sec.max(0.1),
             reply_tokens: None,
+            catalog: None,
         }
+    }
+
+    /// Answers as each of the catalog's models: a reply for any id but [`OFFLINE_MODEL_ID`]
+    /// opens by naming the model it answers as, so a change of model shows in the chat.
+    #[must_use]
+    pub fn with_models(mut self, catalog: ModelCatalog) -> Self {
+        self.catalog = Some(catalog);
+        self
     }
 
     /// Every reply exactly `tokens` tokens long (`None`: as long as the composed reply).
@@ -50,7 +62,10 @@ impl OfflineModel {
             .find(|m| m.role == Role::User)
             .map(|m| m.text())
             .unwrap_or_default();
-        let text = compose(&prompt, request.messages.len());
+        let mut text = compose(&prompt, request.messages.len());
+        if !request.model.is_empty() && request.model != OFFLINE_MODEL_ID {
+            text = format!("*Answering as {}.* {text}", request.model);
+        }
         split_tokens(&text)
     }
 
@@ -368,6 +383,9 @@ impl LanguageModel for OfflineModel {
     }
 
     fn models(&self) -> Vec<ModelInfo> {
+        if let Some(catalog) = &self.catalog {
+            return catalog.models().to_vec();
+        }
         vec![ModelInfo {
             id: OFFLINE_MODEL_ID.into(),
             label: "Offline (built-in)".into(),
@@ -376,7 +394,10 @@ impl LanguageModel for OfflineModel {
     }
 
     fn default_model(&self) -> String {
-        OFFLINE_MODEL_ID.into()
+        self.catalog
+            .as_ref()
+            .map_or(OFFLINE_MODEL_ID, ModelCatalog::default_model)
+            .into()
     }
 }
 
@@ -487,6 +508,25 @@ mod tests {
             free.reply_for(&request("pace test please")),
             OfflineModel::reply_tokens(&request("pace test please"))
         );
+    }
+
+    #[tokio::test]
+    async fn it_answers_as_any_listed_model_and_says_which() {
+        let settings = chatrun_core::config::ModelSettings::Offline {
+            tokens_per_sec: 100_000.0,
+        };
+        let catalog = ModelCatalog::new(&settings, &["offline-large".to_owned()]).unwrap();
+        let model = OfflineModel::new(100_000.0).with_models(catalog);
+        let ids: Vec<String> = model.models().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, ["offline", "offline-large"]);
+        assert_eq!(model.default_model(), "offline");
+        let mut as_large = request("How do tide pools form?");
+        as_large.model = "offline-large".into();
+        let events: Vec<_> = model.stream(as_large).await.unwrap().collect().await;
+        let (_, text) = stream_text(&events);
+        assert!(text.starts_with("*Answering as offline-large.* "), "{text}");
+        let plain = OfflineModel::reply_tokens(&request("How do tide pools form?")).concat();
+        assert!(!plain.contains("Answering as"), "{plain}");
     }
 
     #[test]

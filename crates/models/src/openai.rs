@@ -12,6 +12,7 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_trait::async_trait;
 use chatrun_core::chunk::FinishReason;
+use chatrun_core::config::ModelCatalog;
 use chatrun_core::error::ModelError;
 use chatrun_core::message::{Role, UIMessage, UIPart};
 use chatrun_core::ports::{LanguageModel, ModelEvent, ModelInfo, ModelRequest, ModelStream, Usage};
@@ -24,6 +25,8 @@ pub struct OpenAiModel {
     client: Client<OpenAIConfig>,
     model: String,
     provider: String,
+    /// The models it offers when more than `model` are configured (`CHAT_MODELS`).
+    catalog: Option<ModelCatalog>,
 }
 
 impl OpenAiModel {
@@ -37,7 +40,16 @@ impl OpenAiModel {
             client: Client::with_config(config),
             model: model.to_owned(),
             provider: provider.to_owned(),
+            catalog: None,
         }
+    }
+
+    /// Offers the catalog's models (the same server serves them all) instead of `model` alone.
+    #[must_use]
+    pub fn with_models(mut self, catalog: ModelCatalog) -> Self {
+        self.model = catalog.default_model().to_owned();
+        self.catalog = Some(catalog);
+        self
     }
 }
 
@@ -320,6 +332,9 @@ impl LanguageModel for OpenAiModel {
     }
 
     fn models(&self) -> Vec<ModelInfo> {
+        if let Some(catalog) = &self.catalog {
+            return catalog.models().to_vec();
+        }
         vec![ModelInfo {
             id: self.model.clone(),
             label: format!("{} ({})", self.model, self.provider),

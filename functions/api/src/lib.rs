@@ -3,12 +3,9 @@
 //! The local gateway converts its axum requests into the same `lambda_http::Request` and calls
 //! [`handle`], so one router serves both.
 
-use std::sync::Arc;
-
 use chatrun_core::domain::ChatId;
 use chatrun_core::engine::{Services, api};
 use chatrun_core::error::ChatError;
-use chatrun_core::ports::LanguageModel;
 use lambda_http::http::{Method, StatusCode, header};
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
@@ -20,7 +17,6 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct ApiDeps {
     pub services: Services,
-    pub model: Arc<dyn LanguageModel>,
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
@@ -112,7 +108,7 @@ async fn route(deps: &ApiDeps, request: &Request) -> Result<Response<Body>, Chat
         }
         (&Method::GET, ["api", "models"]) => {
             api::authenticate(s, bearer(request)).await?;
-            Ok(json(StatusCode::OK, &api::models(deps.model.as_ref())))
+            Ok(json(StatusCode::OK, &api::models(&s.models)))
         }
         (&Method::GET, ["api", "chats"]) => {
             let principal = api::authenticate(s, bearer(request)).await?;

@@ -1,5 +1,5 @@
 //! Lambda entry point of `api` (API Gateway HTTP API, payload v2): wiring only; the router is
-//! in lib.rs. It uses the table and the model list: no queue, no `@connections`.
+//! in lib.rs. It uses the table and the model list (no API key): no queue, no `@connections`.
 
 use std::sync::Arc;
 
@@ -15,12 +15,11 @@ async fn main() -> Result<(), Error> {
     let aws = AwsSettings::from_env()?;
     let sdk = cold_start::sdk_config().await;
     let settings = cold_start::settings(&sdk, &aws).await?;
-    let model = cold_start::model_settings(&sdk, &aws).await?;
+    let models = cold_start::model_catalog(&aws)?;
     let store = DynamoChatStore::new(aws_sdk_dynamodb::Client::new(&sdk), aws.table_name);
     let unused = Arc::new(NotWired { function: "api" });
     let deps = ApiDeps {
-        services: cold_start::services(settings, Arc::new(store), unused.clone(), unused),
-        model: chatrun_models::model_from_settings(&model),
+        services: cold_start::services(settings, models, Arc::new(store), unused.clone(), unused),
     };
     let deps = &deps;
     lambda_http::run(service_fn(|request: Request| async move {

@@ -15,11 +15,12 @@ async fn main() -> Result<(), Error> {
     let aws = AwsSettings::from_env()?;
     let sdk = cold_start::sdk_config().await;
     let settings = cold_start::settings(&sdk, &aws).await?;
+    let models = cold_start::model_catalog(&aws)?;
     let store = DynamoChatStore::new(aws_sdk_dynamodb::Client::new(&sdk), aws.table_name);
     let unused = Arc::new(NotWired {
         function: "connect",
     });
-    let services = cold_start::services(settings, Arc::new(store), unused.clone(), unused);
+    let services = cold_start::services(settings, models, Arc::new(store), unused.clone(), unused);
     let services = &services;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async move {

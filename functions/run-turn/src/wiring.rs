@@ -23,6 +23,7 @@ pub async fn deps_from_env() -> Result<RunTurnDeps, Error> {
     let sdk = cold_start::sdk_config().await;
     let settings = cold_start::settings(&sdk, &aws).await?;
     let model = cold_start::model_settings(&sdk, &aws).await?;
+    let catalog = cold_start::model_catalog(&aws)?;
     let store = DynamoChatStore::new(aws_sdk_dynamodb::Client::new(&sdk), aws.table_name);
     let queue = Arc::new(
         SqsTurnQueue::producer(aws_sdk_sqs::Client::new(&sdk), queue_url)
@@ -32,11 +33,12 @@ pub async fn deps_from_env() -> Result<RunTurnDeps, Error> {
     Ok(RunTurnDeps {
         services: cold_start::services(
             settings,
+            catalog.clone(),
             Arc::new(store),
             queue.clone(),
             Arc::new(connections),
         ),
-        model: chatrun_models::model_from_settings(&model),
+        model: chatrun_models::model_from_settings(&model, &catalog),
         visibility: queue,
         dead_letter_source_arn: Some(dead_letter_arn),
     })

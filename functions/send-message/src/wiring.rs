@@ -18,11 +18,13 @@ pub async fn services_from_env() -> Result<Services, Error> {
     let endpoint = required(&aws.management_endpoint, "CHAT_WS_MANAGEMENT_ENDPOINT")?;
     let sdk = cold_start::sdk_config().await;
     let settings = cold_start::settings(&sdk, &aws).await?;
+    let models = cold_start::model_catalog(&aws)?;
     let store = DynamoChatStore::new(aws_sdk_dynamodb::Client::new(&sdk), aws.table_name);
     let queue = SqsTurnQueue::producer(aws_sdk_sqs::Client::new(&sdk), queue_url);
     let connections = ApiGwConnections::for_endpoint(&sdk, &endpoint);
     Ok(cold_start::services(
         settings,
+        models,
         Arc::new(store),
         Arc::new(queue),
         Arc::new(connections),

@@ -17,12 +17,19 @@ async fn main() -> Result<(), Error> {
     let endpoint = required(&aws.management_endpoint, "CHAT_WS_MANAGEMENT_ENDPOINT")?;
     let sdk = cold_start::sdk_config().await;
     let settings = cold_start::settings(&sdk, &aws).await?;
+    let models = cold_start::model_catalog(&aws)?;
     let store = DynamoChatStore::new(aws_sdk_dynamodb::Client::new(&sdk), aws.table_name);
     let connections = ApiGwConnections::for_endpoint(&sdk, &endpoint);
     let queue = Arc::new(NotWired {
         function: "stream-out",
     });
-    let services = cold_start::services(settings, Arc::new(store), queue, Arc::new(connections));
+    let services = cold_start::services(
+        settings,
+        models,
+        Arc::new(store),
+        queue,
+        Arc::new(connections),
+    );
     let services = &services;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async move {

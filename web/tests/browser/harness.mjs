@@ -28,8 +28,11 @@ const freePort = () =>
     });
   });
 
-/** Starts `chatrun serve`; `stop()` and `start()` again keep the port and the data. */
-export async function startServer({ tokensPerSec = 12 } = {}) {
+/**
+ * Starts `chatrun serve`; `stop()` and `start()` again keep the port and the data. `models`
+ * lists more models besides the offline one (`CHAT_MODELS`): the offline model answers as each.
+ */
+export async function startServer({ tokensPerSec = 12, models = [] } = {}) {
   assert.ok(existsSync(binary), `${binary} is missing: cargo build -p chatrun-local --bin chatrun`);
   assert.ok(existsSync(join(web, 'dist/index.html')), 'web/dist is missing: npm run build');
   mkdirSync(results, { recursive: true });
@@ -46,6 +49,7 @@ export async function startServer({ tokensPerSec = 12 } = {}) {
         env: {
           ...process.env,
           CHAT_OFFLINE_TOKENS_PER_SEC: String(tokensPerSec),
+          CHAT_MODELS: models.join(','),
           OPENAI_API_KEY: '',
           OPENAI_BASE_URL: '',
           ANTHROPIC_API_KEY: '',

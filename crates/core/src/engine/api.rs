@@ -5,11 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use super::Services;
 use crate::auth::{Principal, RevocationFloor};
-use crate::config::{CHAT_PAGE_SIZE, MAX_TITLE_CHARS};
+use crate::config::{CHAT_PAGE_SIZE, MAX_TITLE_CHARS, ModelCatalog};
 use crate::domain::{ChatId, ChatSummary, Grant, Millis, SessionStatus};
 use crate::error::ChatError;
 use crate::message::UIMessage;
-use crate::ports::{LanguageModel, ModelInfo};
+use crate::ports::ModelInfo;
 
 /// `POST /api/session`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -311,10 +311,11 @@ async fn request_stop(s: &Services, chat_id: &ChatId) -> Result<bool, ChatError>
     })
 }
 
-pub fn models(model: &dyn LanguageModel) -> ModelList {
+/// `GET /api/models`: the models a chat may use.
+pub fn models(catalog: &ModelCatalog) -> ModelList {
     ModelList {
-        models: model.models(),
-        default: model.default_model(),
+        models: catalog.models().to_vec(),
+        default: catalog.default_model().to_owned(),
     }
 }
 

@@ -17,7 +17,7 @@ pub mod websocket;
 use std::sync::Arc;
 
 use crate::auth::TokenIssuer;
-use crate::config::Settings;
+use crate::config::{ModelCatalog, Settings};
 use crate::domain::{Chat, ChatId, Connection, Grant, Millis};
 use crate::error::{ChatError, PostError};
 use crate::hooks::LifecycleHooks;
@@ -35,6 +35,8 @@ pub struct Services {
     pub ids: Arc<dyn IdGenerator>,
     pub tokens: TokenIssuer,
     pub settings: Arc<Settings>,
+    /// The models a chat may use: `send-message` refuses any other.
+    pub models: Arc<ModelCatalog>,
 }
 
 impl Services {

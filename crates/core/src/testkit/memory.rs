@@ -129,6 +129,17 @@ impl ChatStore for MemoryChatStore {
         })
     }
 
+    async fn set_chat_model(&self, chat_id: &ChatId, model: &str) -> Result<Chat, StoreError> {
+        self.with(|s| {
+            let chat = s
+                .chats
+                .get_mut(chat_id.as_str())
+                .ok_or_else(|| StoreError::NotFound(format!("chat {chat_id}")))?;
+            chat.model = model.into();
+            Ok(chat.clone())
+        })
+    }
+
     async fn delete_chat(&self, chat_id: &ChatId) -> Result<(), StoreError> {
         self.with(|s| {
             s.chats.remove(chat_id.as_str());
@@ -506,6 +517,7 @@ pub fn services(settings: Settings) -> TestServices {
         ids: Arc::new(SequentialIds::default()),
         tokens: TokenIssuer::new(&settings.token_secret),
         settings: Arc::new(settings),
+        models: Arc::new(scripted_catalog()),
     };
     TestServices {
         services,
@@ -516,6 +528,23 @@ pub fn services(settings: Settings) -> TestServices {
     }
 }
 
+/// The models [`ScriptedModel`] offers: `scripted` (the default) and `scripted-large`.
+pub fn scripted_catalog() -> crate::config::ModelCatalog {
+    let models = scripted_models();
+    crate::config::ModelCatalog::from_parts(models, "scripted".into())
+}
+
+fn scripted_models() -> Vec<crate::ports::ModelInfo> {
+    ["scripted", "scripted-large"]
+        .into_iter()
+        .map(|id| crate::ports::ModelInfo {
+            id: id.into(),
+            label: id.into(),
+            offline: true,
+        })
+        .collect()
+}
+
 /// A model that streams a fixed reply, word by word, or fails as told.
 pub struct ScriptedModel {
     pub reply: String,
@@ -523,6 +552,8 @@ pub struct ScriptedModel {
     pub fail_with: Mutex<Option<crate::error::ModelError>>,
     /// How many times `stream` was called.
     pub calls: AtomicU64,
+    /// The model id of every request, in order.
+    pub requested_models: Mutex<Vec<String>>,
 }
 
 impl ScriptedModel {
@@ -531,6 +562,7 @@ impl ScriptedModel {
             reply: reply.into(),
             fail_with: Mutex::new(None),
             calls: AtomicU64::new(0),
+            requested_models: Mutex::new(Vec::new()),
         }
     }
 }
@@ -539,10 +571,14 @@ impl ScriptedModel {
 impl crate::ports::LanguageModel for ScriptedModel {
     async fn stream(
         &self,
-        _request: crate::ports::ModelRequest,
+        request: crate::ports::ModelRequest,
     ) -> Result<crate::ports::ModelStream, crate::error::ModelError> {
         use futures::StreamExt;
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.requested_models
+            .lock()
+            .expect("model lock")
+            .push(request.model);
         if let Some(e) = self.fail_with.lock().expect("model lock").clone() {
             return Err(e);
         }
@@ -562,11 +598,7 @@ impl crate::ports::LanguageModel for ScriptedModel {
     }
 
     fn models(&self) -> Vec<crate::ports::ModelInfo> {
-        vec![crate::ports::ModelInfo {
-            id: "scripted".into(),
-            label: "Scripted".into(),
-            offline: true,
-        }]
+        scripted_models()
     }
 
     fn default_model(&self) -> String {

@@ -40,6 +40,7 @@ fn session(chat_id: &ChatId) -> ChatSession {
         turn_start_event_id: 1,
         assistant_message_id: Some("a1".into()),
         user_message_id: Some("u1".into()),
+        turn_model: Some("model-a".into()),
         stop_requested: false,
         stop_after_event_id: None,
         turn_started_at: Some(NOW),
@@ -79,6 +80,7 @@ fn connection(id: &str, expires_at: i64) -> Connection {
 /// Runs every case. Panics with the case's name on the first broken contract.
 pub async fn run_all<S: ChatStore + ?Sized>(store: &S) {
     chats(store).await;
+    chat_model(store).await;
     listing(store).await;
     messages(store).await;
     large_history(store).await;
@@ -116,6 +118,42 @@ pub async fn chats<S: ChatStore + ?Sized>(store: &S) {
         store.rename_chat(&missing, "x", NOW).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// A chat's model changes alone: title, `updated_at` and messages stay; the list shows it.
+pub async fn chat_model<S: ChatStore + ?Sized>(store: &S) {
+    let owner = unique("owner-model");
+    let c = chat(&owner, NOW);
+    store.create_chat(&c).await.unwrap();
+    store
+        .append_message(&c.id, &UIMessage::user_text("m1", "hi"), NOW + 1)
+        .await
+        .unwrap();
+    let changed = store.set_chat_model(&c.id, "model-b").await.unwrap();
+    assert_eq!(changed.model, "model-b");
+    let read = store.get_chat(&c.id).await.unwrap().expect("chat exists");
+    assert_eq!(read, changed, "the returned chat is the stored one");
+    assert_eq!(
+        (read.title.as_str(), read.updated_at, read.message_count),
+        (c.title.as_str(), NOW + 1, 1),
+        "only the model changes"
+    );
+    let listed = store.list_chats(&owner, None, 10).await.unwrap();
+    assert_eq!(listed.chats.len(), 1);
+    assert_eq!(listed.chats[0].model, "model-b");
+    // Setting it again (the same model, then back) is an ordinary write.
+    store.set_chat_model(&c.id, "model-b").await.unwrap();
+    let back = store.set_chat_model(&c.id, &c.model).await.unwrap();
+    assert_eq!(back.model, c.model);
+    let missing = ChatId::parse(unique("missing-model")).unwrap();
+    assert!(matches!(
+        store.set_chat_model(&missing, "model-b").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        store.get_chat(&missing).await.unwrap().is_none(),
+        "no chat is made"
+    );
 }
 
 /// A user's chats, most recently updated first, in pages; other users' chats never show.
@@ -289,9 +327,11 @@ pub async fn sessions<S: ChatStore + ?Sized>(store: &S) {
         ),
         "create twice"
     );
+    assert_eq!(v1.turn_model.as_deref(), Some("model-a"));
     let mut next = v1.clone();
     next.streaming = false;
     next.last_event_id = 12;
+    next.turn_model = Some("model-b".into());
     let v2 = store.put_session(&next, Some(1)).await.unwrap();
     assert_eq!(v2.version, 2);
     let stale = store.put_session(&next, Some(1)).await;

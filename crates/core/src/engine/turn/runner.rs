@@ -134,8 +134,11 @@ pub async fn run_turn(
     }
     let history = fit_context(history, s.settings.context_tokens);
 
-    let model_id = if model.models().iter().any(|m| m.id == chat.model) {
-        chat.model.clone()
+    // The model chosen with the message, fixed on the session when the turn was claimed: a
+    // change of the chat's model after that (by a later turn) does not reach this one.
+    let chosen = session.turn_model.as_deref().unwrap_or(&chat.model);
+    let model_id = if model.models().iter().any(|m| m.id == chosen) {
+        chosen.to_owned()
     } else {
         model.default_model()
     };
@@ -355,7 +358,8 @@ pub async fn end_turn_with_error(
         .store
         .events_after(&job.run_id, session.turn_start_event_id - 1, s.now())
         .await?;
-    let mut builder = ChunkBuilder::new(job.assistant_message_id.clone(), chat.model.clone());
+    let turn_model = session.turn_model.as_deref().unwrap_or(&chat.model);
+    let mut builder = ChunkBuilder::new(job.assistant_message_id.clone(), turn_model);
     if sink.adopt(&earlier) {
         builder = builder.already_started();
     }

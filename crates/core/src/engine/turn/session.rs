@@ -31,13 +31,14 @@ fn streaming_conflict() -> ChatError {
 /// Marks a turn as started: on the current session, or on a fresh one (new run id and access
 /// token) when there is none or it has ended, expired or lost its worker. This is the one step
 /// that decides which of two concurrent sends wins; the loser gets `conflict` before anything
-/// of its own is stored.
+/// of its own is stored. The turn's model is fixed in the same write.
 pub async fn begin_turn(
     s: &Services,
     conn: &Connection,
     chat_id: &ChatId,
     user_message_id: &str,
     assistant_message_id: &str,
+    turn_model: &str,
     now: Millis,
 ) -> Result<ChatSession, ChatError> {
     let idle = s.settings.session_idle.as_millis() as i64;
@@ -54,6 +55,7 @@ pub async fn begin_turn(
                     turn_start_event_id: current.last_event_id + 1,
                     assistant_message_id: Some(assistant_message_id.into()),
                     user_message_id: Some(user_message_id.into()),
+                    turn_model: Some(turn_model.into()),
                     stop_requested: false,
                     stop_after_event_id: None,
                     turn_started_at: Some(now),
@@ -83,6 +85,7 @@ pub async fn begin_turn(
                     turn_start_event_id: 1,
                     assistant_message_id: Some(assistant_message_id.into()),
                     user_message_id: Some(user_message_id.into()),
+                    turn_model: Some(turn_model.into()),
                     stop_requested: false,
                     stop_after_event_id: None,
                     turn_started_at: Some(now),
@@ -254,8 +257,8 @@ mod tests {
         let now = t.clock.now();
         let (first, second) = (connection(), connection());
         let (a, b) = tokio::join!(
-            begin_turn(&t.services, &first, &chat, "u1", "a1", now),
-            begin_turn(&t.services, &second, &chat, "u2", "a2", now),
+            begin_turn(&t.services, &first, &chat, "u1", "a1", "scripted", now),
+            begin_turn(&t.services, &second, &chat, "u2", "a2", "scripted", now),
         );
         assert!(a.is_ok() ^ b.is_ok(), "exactly one wins: {a:?} / {b:?}");
         assert!(matches!(a.err().or(b.err()), Some(ChatError::Conflict(_))));
@@ -265,15 +268,31 @@ mod tests {
     async fn a_stale_turn_gives_way_to_a_new_session() {
         let t = services(Settings::with_secret("s".repeat(32)));
         let chat = ChatId::parse("chat-1").unwrap();
-        let first = begin_turn(&t.services, &connection(), &chat, "u1", "a1", t.clock.now())
-            .await
-            .unwrap();
+        let first = begin_turn(
+            &t.services,
+            &connection(),
+            &chat,
+            "u1",
+            "a1",
+            "scripted",
+            t.clock.now(),
+        )
+        .await
+        .unwrap();
         assert!(claim(&t.services, &job(&first)).await.unwrap().is_some());
         // Past the stale limit the worker is presumed gone: a new send starts a new run.
         t.clock.advance(961_000);
-        let second = begin_turn(&t.services, &connection(), &chat, "u2", "a2", t.clock.now())
-            .await
-            .unwrap();
+        let second = begin_turn(
+            &t.services,
+            &connection(),
+            &chat,
+            "u2",
+            "a2",
+            "scripted",
+            t.clock.now(),
+        )
+        .await
+        .unwrap();
         assert_ne!(second.run_id, first.run_id);
         // The stale worker can no longer claim or finish its turn.
         assert!(claim(&t.services, &job(&first)).await.unwrap().is_none());
@@ -289,9 +308,17 @@ mod tests {
         settings.max_turns = 1;
         let t = services(settings);
         let chat = ChatId::parse("chat-1").unwrap();
-        let session = begin_turn(&t.services, &connection(), &chat, "u1", "a1", t.clock.now())
-            .await
-            .unwrap();
+        let session = begin_turn(
+            &t.services,
+            &connection(),
+            &chat,
+            "u1",
+            "a1",
+            "scripted",
+            t.clock.now(),
+        )
+        .await
+        .unwrap();
         let done = finish_turn(
             &t.services,
             &job(&session),
@@ -329,13 +356,29 @@ mod tests {
     async fn a_released_turn_lets_the_user_send_again() {
         let t = services(Settings::with_secret("s".repeat(32)));
         let chat = ChatId::parse("chat-1").unwrap();
-        let session = begin_turn(&t.services, &connection(), &chat, "u1", "a1", t.clock.now())
-            .await
-            .unwrap();
+        let session = begin_turn(
+            &t.services,
+            &connection(),
+            &chat,
+            "u1",
+            "a1",
+            "scripted",
+            t.clock.now(),
+        )
+        .await
+        .unwrap();
         release_turn(&t.services, &session, "a1").await.unwrap();
-        let next = begin_turn(&t.services, &connection(), &chat, "u2", "a2", t.clock.now())
-            .await
-            .unwrap();
+        let next = begin_turn(
+            &t.services,
+            &connection(),
+            &chat,
+            "u2",
+            "a2",
+            "scripted",
+            t.clock.now(),
+        )
+        .await
+        .unwrap();
         assert_eq!(next.run_id, session.run_id, "the same session goes on");
     }
 }

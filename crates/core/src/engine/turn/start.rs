@@ -9,7 +9,7 @@
 
 use super::super::Services;
 use super::session::{begin_turn, is_stale, release_turn, update_session};
-use crate::config::MAX_TITLE_CHARS;
+use crate::config::{MAX_TITLE_CHARS, is_valid_model_id};
 use crate::domain::{Chat, ChatId, Connection, Grant, Trigger, TurnJob};
 use crate::error::{ChatError, StoreError};
 use crate::message::{Role, UIMessage};
@@ -97,6 +97,7 @@ pub async fn send_message(
         Some(_) => return Err(ChatError::chat_not_found()),
         None => None,
     };
+    let turn_model = turn_model(s, req.model.as_deref(), existing_chat.as_ref())?;
     // Refuse early what would be refused anyway, before any write.
     if existing_chat.is_some()
         && let Some(session) = s.store.get_session(chat_id).await?
@@ -117,7 +118,7 @@ pub async fn send_message(
             id: chat_id.clone(),
             owner_id: conn.owner_id.clone(),
             title: title_from(message),
-            model: req.model.clone().unwrap_or_default(),
+            model: turn_model.clone(),
             created_at: now,
             updated_at: now,
             message_count: 0,
@@ -142,19 +143,35 @@ pub async fn send_message(
         chat_id,
         &user_message_id,
         &assistant_message_id,
+        &turn_model,
         now,
     )
     .await?;
 
     // The turn is ours: now change the history, undoing the claim if that fails.
+    let mut undo = Undo {
+        session: &session,
+        assistant_message_id: &assistant_message_id,
+        appended: None,
+        previous_model: None,
+    };
     if let Err(error) = apply_change(s, chat_id, &change, now).await {
-        rollback(s, &session, &assistant_message_id, None).await;
+        undo.run(s).await;
         return Err(error);
     }
     // What a later failure must take back besides the claim: a new message, not an edit's or
     // a regeneration's deletions (those cannot be undone, and the turn may be sent again).
-    let appended =
+    undo.appended =
         matches!(change, HistoryChange::Append(_)).then_some((chat_id, &user_message_id));
+    // A new model becomes the chat's only now that its turn is claimed: a refused send changes
+    // nothing, and a refresh shows the model the running turn uses.
+    if let Some(chat) = existing_chat.as_ref().filter(|c| c.model != turn_model) {
+        if let Err(error) = s.store.set_chat_model(chat_id, &turn_model).await {
+            undo.run(s).await;
+            return Err(error.into());
+        }
+        undo.previous_model = Some((chat_id, &chat.model));
+    }
     if let Some(chat) = &new_chat {
         s.hooks.on_chat_start(chat, &session).await;
     }
@@ -163,7 +180,7 @@ pub async fn send_message(
         .subscribe(chat_id, &conn.connection_id, now, conn.expires_at)
         .await
     {
-        rollback(s, &session, &assistant_message_id, appended).await;
+        undo.run(s).await;
         return Err(error.into());
     }
     s.hooks.on_turn_start(&session, change.user_message()).await;
@@ -177,8 +194,8 @@ pub async fn send_message(
     };
     if let Err(error) = s.queue.enqueue(&job).await {
         // Without a queued job nothing would ever end this turn: release it, and take back a
-        // new message so that sending it again works.
-        rollback(s, &session, &assistant_message_id, appended).await;
+        // new message (and a new model) so that sending it again works.
+        undo.run(s).await;
         return Err(error.into());
     }
     Ok(ServerFrame::Ack {
@@ -191,23 +208,60 @@ pub async fn send_message(
     })
 }
 
-/// Releases a claimed turn that could not go on (and removes the message it appended). A
-/// failure here is logged with everything needed to repair by hand; the stale-turn limit frees
-/// the session in any case.
-async fn rollback(
+/// The model a send's turn uses: the one it names, which must be one of the catalog's; else
+/// the chat's; else, for a new chat, the catalog's default.
+/// # Errors
+/// `bad_request` for a model the catalog does not offer.
+fn turn_model(
     s: &Services,
-    session: &crate::domain::ChatSession,
-    assistant_message_id: &str,
-    appended: Option<(&ChatId, &String)>,
-) {
-    if let Some((chat_id, message_id)) = appended
-        && let Err(error) = s.store.delete_messages_from(chat_id, message_id).await
-    {
-        tracing::error!(chat_id = %chat_id, message_id, %error, "rollback: could not remove the message of a turn that did not start");
+    requested: Option<&str>,
+    chat: Option<&Chat>,
+) -> Result<String, ChatError> {
+    match (requested, chat) {
+        (Some(id), _) if s.models.contains(id) => Ok(id.to_owned()),
+        (Some(id), _) => {
+            let shown = if is_valid_model_id(id) {
+                format!("{id:?}")
+            } else {
+                "this".to_owned()
+            };
+            Err(ChatError::BadRequest(format!(
+                "unknown model {shown}: GET /api/models lists the models"
+            )))
+        }
+        (None, Some(chat)) => Ok(chat.model.clone()),
+        (None, None) => Ok(s.models.default_model().to_owned()),
     }
-    if let Err(error) = release_turn(s, session, assistant_message_id).await {
-        tracing::error!(chat_id = %session.chat_id, run_id = %session.run_id, assistant_message_id, %error,
-            "rollback: could not release a turn that did not start; it frees itself after the stale-turn limit");
+}
+
+/// What a claimed turn that cannot go on must take back: the claim, the message it appended,
+/// the chat's model it changed.
+struct Undo<'a> {
+    session: &'a crate::domain::ChatSession,
+    assistant_message_id: &'a str,
+    appended: Option<(&'a ChatId, &'a String)>,
+    previous_model: Option<(&'a ChatId, &'a String)>,
+}
+
+impl Undo<'_> {
+    /// Takes it all back. A failure here is logged with everything needed to repair by hand;
+    /// the stale-turn limit frees the session in any case.
+    async fn run(&self, s: &Services) {
+        if let Some((chat_id, message_id)) = self.appended
+            && let Err(error) = s.store.delete_messages_from(chat_id, message_id).await
+        {
+            tracing::error!(chat_id = %chat_id, message_id, %error, "rollback: could not remove the message of a turn that did not start");
+        }
+        if let Some((chat_id, model)) = self.previous_model
+            && let Err(error) = s.store.set_chat_model(chat_id, model).await
+        {
+            tracing::error!(chat_id = %chat_id, model, %error, "rollback: could not restore the model of a chat whose turn did not start");
+        }
+        let (session, assistant_message_id) = (self.session, self.assistant_message_id);
+        if let Err(error) = release_turn(s, session, assistant_message_id).await {
+            tracing::error!(chat_id = %session.chat_id, run_id = %session.run_id, assistant_message_id, %error,
+                "rollback: could not release a turn that did not start; it frees itself after the stale-turn limit");
+        }
     }
 }
 
@@ -441,5 +495,191 @@ mod tests {
         let again = regeneration(&failed, None).expect("plan");
         assert_eq!(again.user_message.id, "u1");
         assert_eq!(again.drop_from, None);
+    }
+}
+
+#[cfg(all(test, feature = "test-util"))]
+mod model_tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::engine::turn::{TurnOutcome, run_turn};
+    use crate::error::QueueError;
+    use crate::ports::ChatStore;
+    use crate::testkit::memory::{ScriptedModel, TestServices, services};
+
+    fn connection() -> Connection {
+        Connection {
+            connection_id: "c1".into(),
+            owner_id: "user-1".into(),
+            grant: Grant::User,
+            connected_at: 0,
+            expires_at: i64::MAX,
+        }
+    }
+
+    fn send(message_id: &str, model: Option<&str>) -> SendMessage {
+        SendMessage {
+            request_id: Some("r1".into()),
+            chat_id: ChatId::parse("chat-1").unwrap(),
+            message: Some(UIMessage::user_text(message_id, "Tell me about tide pools")),
+            trigger: Trigger::SubmitMessage,
+            message_id: None,
+            model: model.map(str::to_owned),
+        }
+    }
+
+    async fn chat_model(t: &TestServices) -> String {
+        let chat = ChatId::parse("chat-1").unwrap();
+        t.store.get_chat(&chat).await.unwrap().expect("chat").model
+    }
+
+    /// Sends and runs one turn to the end on `model`.
+    async fn turn(t: &TestServices, model: &ScriptedModel, message_id: &str, pick: Option<&str>) {
+        send_message(&t.services, &connection(), &send(message_id, pick))
+            .await
+            .expect("sent");
+        let job = t
+            .queue
+            .jobs
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("queued");
+        assert_eq!(
+            run_turn(&t.services, model, &job).await.unwrap(),
+            TurnOutcome::Completed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_chat_without_a_model_gets_the_default_one() {
+        let t = services(Settings::with_secret("s".repeat(32)));
+        send_message(&t.services, &connection(), &send("u1", None))
+            .await
+            .unwrap();
+        assert_eq!(chat_model(&t).await, "scripted");
+        let session = t
+            .store
+            .get_session(&send("u1", None).chat_id)
+            .await
+            .unwrap();
+        assert_eq!(session.unwrap().turn_model.as_deref(), Some("scripted"));
+    }
+
+    #[tokio::test]
+    async fn a_model_sent_with_a_message_becomes_the_chats_and_answers_that_turn_and_later_ones() {
+        let t = services(Settings::with_secret("s".repeat(32)));
+        let model = ScriptedModel::new("A reply. ");
+        turn(&t, &model, "u1", None).await;
+        turn(&t, &model, "u2", Some("scripted-large")).await;
+        assert_eq!(chat_model(&t).await, "scripted-large");
+        // A later message that names no model keeps the chat's new one.
+        turn(&t, &model, "u3", None).await;
+        assert_eq!(
+            *model.requested_models.lock().unwrap(),
+            ["scripted", "scripted-large", "scripted-large"]
+        );
+        let history = t.store.messages(&send("u1", None).chat_id).await.unwrap();
+        let replied_by: Vec<_> = history
+            .iter()
+            .filter(|m| m.role == Role::Assistant)
+            .map(|m| m.metadata.as_ref().unwrap()["model"].clone())
+            .collect();
+        assert_eq!(replied_by, ["scripted", "scripted-large", "scripted-large"]);
+    }
+
+    #[tokio::test]
+    async fn a_send_refused_with_conflict_leaves_the_model_alone() {
+        let t = services(Settings::with_secret("s".repeat(32)));
+        send_message(&t.services, &connection(), &send("u1", None))
+            .await
+            .unwrap();
+        // The first reply still streams: the second send is refused, model and all.
+        let refused = send_message(
+            &t.services,
+            &connection(),
+            &send("u2", Some("scripted-large")),
+        )
+        .await;
+        assert!(
+            matches!(refused, Err(ChatError::Conflict(_))),
+            "{refused:?}"
+        );
+        assert_eq!(chat_model(&t).await, "scripted");
+        let session = t
+            .store
+            .get_session(&send("u1", None).chat_id)
+            .await
+            .unwrap();
+        assert_eq!(session.unwrap().turn_model.as_deref(), Some("scripted"));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_model_is_a_bad_request_and_stores_nothing() {
+        let t = services(Settings::with_secret("s".repeat(32)));
+        let chat_id = send("u1", None).chat_id;
+        let refused = send_message(&t.services, &connection(), &send("u1", Some("gpt-5"))).await;
+        match refused {
+            Err(ChatError::BadRequest(message)) => {
+                assert!(message.contains("unknown model \"gpt-5\""), "{message}")
+            }
+            other => panic!("bad_request expected: {other:?}"),
+        }
+        assert!(
+            t.store.get_chat(&chat_id).await.unwrap().is_none(),
+            "no chat made"
+        );
+
+        let model = ScriptedModel::new("A reply. ");
+        turn(&t, &model, "u1", None).await;
+        let junk = "x y".repeat(20_000);
+        let refused = send_message(&t.services, &connection(), &send("u2", Some(&junk))).await;
+        match refused {
+            Err(ChatError::BadRequest(message)) => {
+                assert!(message.len() < 100, "the id is not echoed: {message}")
+            }
+            other => panic!("bad_request expected: {other:?}"),
+        }
+        assert_eq!(chat_model(&t).await, "scripted");
+        assert_eq!(t.store.messages(&chat_id).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_turn_that_cannot_be_queued_gives_the_chat_its_model_back() {
+        let t = services(Settings::with_secret("s".repeat(32)));
+        let model = ScriptedModel::new("A reply. ");
+        turn(&t, &model, "u1", None).await;
+        *t.queue.fail_with.lock().unwrap() = Some(QueueError::Transient("down".into()));
+        let failed = send_message(
+            &t.services,
+            &connection(),
+            &send("u2", Some("scripted-large")),
+        )
+        .await;
+        assert!(failed.is_err());
+        assert_eq!(chat_model(&t).await, "scripted");
+        *t.queue.fail_with.lock().unwrap() = None;
+        turn(&t, &model, "u2", Some("scripted-large")).await;
+        assert_eq!(chat_model(&t).await, "scripted-large");
+    }
+
+    #[tokio::test]
+    async fn a_queued_turn_keeps_the_model_it_was_sent_with() {
+        let t = services(Settings::with_secret("s".repeat(32)));
+        let chat_id = send("u1", None).chat_id;
+        send_message(
+            &t.services,
+            &connection(),
+            &send("u1", Some("scripted-large")),
+        )
+        .await
+        .unwrap();
+        // The chat's model changes while the job waits in the queue.
+        t.store.set_chat_model(&chat_id, "scripted").await.unwrap();
+        let job = t.queue.jobs.lock().unwrap()[0].clone();
+        let model = ScriptedModel::new("A reply. ");
+        run_turn(&t.services, &model, &job).await.unwrap();
+        assert_eq!(*model.requested_models.lock().unwrap(), ["scripted-large"]);
     }
 }
