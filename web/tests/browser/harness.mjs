@@ -28,8 +28,12 @@ const freePort = () =>
     });
   });
 
-/** Starts `chatrun serve`; `stop()` and `start()` again keep the port and the data. */
-export async function startServer({ tokensPerSec = 12 } = {}) {
+/**
+ * Starts `chatrun serve`; `stop()` and `start()` again keep the port and the data. `replyTokens`
+ * makes every offline reply exactly that long (`CHAT_OFFLINE_REPLY_TOKENS`), for tests that need
+ * many turns quickly.
+ */
+export async function startServer({ tokensPerSec = 12, replyTokens } = {}) {
   assert.ok(existsSync(binary), `${binary} is missing: cargo build -p chatrun-local --bin chatrun`);
   assert.ok(existsSync(join(web, 'dist/index.html')), 'web/dist is missing: npm run build');
   mkdirSync(results, { recursive: true });
@@ -46,6 +50,7 @@ export async function startServer({ tokensPerSec = 12 } = {}) {
         env: {
           ...process.env,
           CHAT_OFFLINE_TOKENS_PER_SEC: String(tokensPerSec),
+          ...(replyTokens ? { CHAT_OFFLINE_REPLY_TOKENS: String(replyTokens) } : {}),
           OPENAI_API_KEY: '',
           OPENAI_BASE_URL: '',
           ANTHROPIC_API_KEY: '',
