@@ -5,6 +5,7 @@ import { useCallback, useEffect, useLayoutEffect, useRef, useState, type Keyboar
 import { ApiError, type Api } from './api';
 import { CopyButton } from './CopyButton';
 import { ArrowDownIcon, ArrowUpIcon, EditIcon, RegenerateIcon, StopIcon } from './icons';
+import { withNewestPage, withOlderPage, type LoadedHistory } from './history';
 import { Markdown } from './Markdown';
 import type { ChatView, ServerFrame } from './protocol';
 import { readSnapshot, savePaint, saveSnapshot } from './snapshot';
@@ -66,7 +67,13 @@ export function ChatPanel(props: Props) {
     return found;
   });
   // A new chat starts empty; staying the same component when it gets its URL.
-  const [initial, setInitial] = useState<UIMessage[] | null>(isNew ? [] : (snapshot?.messages ?? null));
+  const [initial, setInitial] = useState<LoadedHistory | null>(
+    isNew
+      ? { messages: [], olderCursor: null }
+      : snapshot
+        ? { messages: snapshot.messages, olderCursor: snapshot.olderCursor }
+        : null,
+  );
   const [fresh, setFresh] = useState<ChatView | null>(null);
   const [loadError, setLoadError] = useState<string | null>(null);
   const [attempt, setAttempt] = useState(0);
@@ -86,13 +93,14 @@ export function ChatPanel(props: Props) {
         rememberSession(sessions, chatId, view);
         onMeta({ title: view.title, model: view.model });
         if (snapshot) setFresh(view);
-        else setInitial(view.messages);
+        else setInitial({ messages: view.messages, olderCursor: view.olderCursor });
       })
       .catch((e: unknown) => {
         if (cancelled) return;
         const gone = e instanceof ApiError && e.status === 404;
-        if (gone && snapshot) setFresh({ id: chatId, title: 'New chat', model: '', createdAt: 0, updatedAt: 0, messages: [], session: null });
-        else if (gone) setInitial([]);
+        if (gone && snapshot)
+          setFresh({ id: chatId, title: 'New chat', model: '', createdAt: 0, updatedAt: 0, messages: [], olderCursor: null, session: null });
+        else if (gone) setInitial({ messages: [], olderCursor: null });
         else if (!snapshot) setLoadError((e as Error).message);
       });
     return () => {
@@ -128,6 +136,8 @@ const textOf = (message: UIMessage) =>
 
 /** Within this many pixels of the end counts as "at the bottom". */
 const BOTTOM_SLACK = 48;
+/** Within this many pixels of the top, the next older page loads. */
+const LOAD_OLDER_AT = 200;
 
 function Conversation({
   chatId,
@@ -142,10 +152,10 @@ function Conversation({
   fresh,
   title,
   modelId,
-}: Props & { initial: UIMessage[]; fresh: ChatView | null }) {
+}: Props & { initial: LoadedHistory; fresh: ChatView | null }) {
   const { messages, sendMessage, regenerate, stop, status, error, resumeStream, setMessages, clearError } = useChat({
     id: chatId,
-    messages: initial,
+    messages: initial.messages,
     transport,
     resume: !isNew,
   });
@@ -158,24 +168,84 @@ function Conversation({
   const created = useRef(!isNew);
   const busy = status === 'submitted' || status === 'streaming';
 
+  // ---- the history: the newest page, older pages in front as the reader scrolls up ----
+  const [olderCursor, setOlderCursor] = useState(initial.olderCursor);
+  const shown = useRef<LoadedHistory>({ messages, olderCursor });
+  shown.current = { messages, olderCursor };
+  const list = useRef<HTMLDivElement>(null);
+  /** The list's height and scroll position just before an older page goes in front. */
+  const prependAnchor = useRef<{ scrollHeight: number; scrollTop: number } | null>(null);
+  const [olderState, setOlderState] = useState<'idle' | 'loading' | 'failed'>('idle');
+  const loadingOlder = useRef(false);
+
+  /** Shows the server's newest page, keeping the older pages the tab has loaded. */
+  const showNewest = useCallback(
+    (view: ChatView) => {
+      const next = withNewestPage(shown.current, {
+        messages: reconcile(shown.current.messages, view),
+        olderCursor: view.olderCursor,
+      });
+      setMessages(next.messages);
+      setOlderCursor(next.olderCursor);
+    },
+    [setMessages],
+  );
+
   useEffect(() => {
-    if (fresh) setMessages((current) => reconcile(current, fresh));
-  }, [fresh, setMessages]);
+    if (fresh) showNewest(fresh);
+  }, [fresh, showNewest]);
+
+  const loadOlder = useCallback(async () => {
+    const before = shown.current.olderCursor;
+    if (!before || loadingOlder.current) return;
+    loadingOlder.current = true;
+    setOlderState('loading');
+    try {
+      const page = await api.olderMessages(chatId, before);
+      // The history was replaced meanwhile (a reload): this page belongs to the old one.
+      if (shown.current.olderCursor !== before) return;
+      const el = list.current;
+      if (el) prependAnchor.current = { scrollHeight: el.scrollHeight, scrollTop: el.scrollTop };
+      const next = withOlderPage(shown.current, page);
+      setMessages(next.messages);
+      setOlderCursor(next.olderCursor);
+      setOlderState('idle');
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 409) {
+        // The history changed since the cursor was made (an edit in another tab): start
+        // again from the server's newest page.
+        try {
+          const view = await api.getChat(chatId);
+          rememberSession(sessions, chatId, view);
+          setMessages(reconcile(shown.current.messages, view));
+          setOlderCursor(view.olderCursor);
+          setOlderState('idle');
+          return;
+        } catch {
+          // Shown as a failure below.
+        }
+      }
+      setOlderState('failed');
+    } finally {
+      loadingOlder.current = false;
+    }
+  }, [api, chatId, sessions, setMessages]);
 
   // The tab's snapshot, taken as the page goes away (see snapshot.ts).
-  const latest = useRef({ messages, title, modelId });
-  latest.current = { messages, title, modelId };
+  const latest = useRef({ messages, olderCursor, title, modelId });
+  latest.current = { messages, olderCursor, title, modelId };
   useEffect(() => {
     let pageHiding = false;
     const save = () => {
       if (document.visibilityState === 'visible' && !pageHiding) return;
-      const { messages: shown, title: shownTitle, modelId: shownModel } = latest.current;
-      if (shown.length === 0) return;
+      const { messages: shownMessages, olderCursor: shownCursor, title: shownTitle, modelId: shownModel } = latest.current;
+      if (shownMessages.length === 0) return;
       saveSnapshot({
         chatId,
         title: shownTitle,
         model: shownModel ?? '',
-        messages: shown,
+        messages: shownMessages,
+        olderCursor: shownCursor,
         session: sessions.get(chatId) ?? null,
         savedAt: Date.now(),
       });
@@ -224,7 +294,7 @@ function Conversation({
         stopped.current = false;
         void api.getChat(chatId).then((view) => {
           rememberSession(sessions, chatId, view);
-          setMessages(view.messages);
+          showNewest(view);
         });
       }
     };
@@ -237,10 +307,9 @@ function Conversation({
       frameListeners.delete(onFrame);
       unclaimedListeners.delete(onUnclaimed);
     };
-  }, [api, chatId, sessions, frameListeners, unclaimedListeners, resumeStream, setMessages, onCreated]);
+  }, [api, chatId, sessions, frameListeners, unclaimedListeners, resumeStream, setMessages, onCreated, showNewest]);
 
   // ---- scrolling: only the list scrolls; it follows the reply while the reader is at the end ----
-  const list = useRef<HTMLDivElement>(null);
   const follow = useRef(true);
   const [atBottom, setAtBottom] = useState(true);
   const toBottom = useCallback(() => {
@@ -256,11 +325,24 @@ function Conversation({
     const bottom = el.scrollHeight - el.scrollTop - el.clientHeight <= BOTTOM_SLACK;
     follow.current = bottom;
     setAtBottom(bottom);
+    if (el.scrollTop < LOAD_OLDER_AT && !bottom) void loadOlder();
   };
   useLayoutEffect(() => {
     const el = list.current;
+    const anchor = prependAnchor.current;
+    if (el && anchor) {
+      // An older page went in front: the messages the reader was looking at stay put.
+      prependAnchor.current = null;
+      el.scrollTop = anchor.scrollTop + (el.scrollHeight - anchor.scrollHeight);
+      return;
+    }
     if (el && follow.current) el.scrollTop = el.scrollHeight;
   }, [messages, status]);
+  // A newest page too short to scroll cannot be scrolled up: its older page loads at once.
+  useEffect(() => {
+    const el = list.current;
+    if (el && olderCursor && olderState === 'idle' && el.scrollHeight <= el.clientHeight) void loadOlder();
+  }, [olderCursor, olderState, messages, loadOlder]);
 
   // ---- the message box ----
   const box = useRef<HTMLTextAreaElement>(null);
@@ -315,7 +397,7 @@ function Conversation({
     }
     if (view?.messages.some((m) => m.id === last.id)) {
       rememberSession(sessions, chatId, view);
-      setMessages(view.messages);
+      showNewest(view);
       if (view.session?.streaming) void resumeStream();
       return;
     }
@@ -347,6 +429,14 @@ function Conversation({
             if (e.deltaY < 0) follow.current = false;
           }}
         >
+          {olderCursor && (
+            <div className="older-history">
+              {olderState === 'failed' && <span role="alert">Could not load earlier messages. </span>}
+              <button type="button" onClick={() => void loadOlder()} disabled={olderState === 'loading'}>
+                {olderState === 'loading' ? 'Loading earlier messages…' : olderState === 'failed' ? 'Retry' : 'Load earlier messages'}
+              </button>
+            </div>
+          )}
           {messages.length === 0 && (
             <div className="welcome">
               <h2>What can I help with?</h2>

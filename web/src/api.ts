@@ -1,5 +1,5 @@
 // The HTTP API (DESIGN §8) and the page's guest identity.
-import type { ChatSummary, ChatView, ModelInfo } from './protocol';
+import type { ChatSummary, ChatView, MessagePageView, ModelInfo } from './protocol';
 
 const TOKEN_KEY = 'chatrun.token';
 
@@ -130,8 +130,17 @@ export class Api {
     return this.call<{ chats: ChatSummary[]; nextCursor: string | null }>('GET', `/api/chats${query}`);
   }
 
+  /** The chat with the newest page of its history (the server's default size). */
   getChat(id: string) {
     return this.call<ChatView>('GET', `/api/chats/${encodeURIComponent(id)}`);
+  }
+
+  /** The page of messages older than `before`, a cursor an earlier page returned. */
+  olderMessages(id: string, before: string) {
+    return this.call<MessagePageView>(
+      'GET',
+      `/api/chats/${encodeURIComponent(id)}/messages?before=${encodeURIComponent(before)}`,
+    );
   }
 
   renameChat(id: string, title: string) {

@@ -94,8 +94,17 @@ export interface ChatView {
   model: string;
   createdAt: number;
   updatedAt: number;
+  /** The newest page of the history, oldest first. */
   messages: UIMessage[];
+  /** Pages on to older messages; `null` when `messages` starts at the first one. */
+  olderCursor: string | null;
   session: SessionView | null;
+}
+
+/** `GET /api/chats/{id}/messages`. */
+export interface MessagePageView {
+  messages: UIMessage[];
+  olderCursor: string | null;
 }
 
 export interface ChatSummary {

@@ -14,6 +14,8 @@ export interface Snapshot {
   title: string;
   model: string;
   messages: UIMessage[];
+  /** Where the history the tab had loaded stops (older pages load on scrolling up). */
+  olderCursor: string | null;
   session: SessionInfo | null;
   savedAt: number;
 }
@@ -33,7 +35,8 @@ export function readSnapshot(chatId: string, now = Date.now()): Snapshot | null 
     if (!text) return null;
     const snapshot = JSON.parse(text) as Snapshot;
     if (snapshot.chatId !== chatId || now - snapshot.savedAt > MAX_AGE_MS || !Array.isArray(snapshot.messages)) return null;
-    return snapshot;
+    // A snapshot from before paging holds no cursor: the server's newest page brings one.
+    return { ...snapshot, olderCursor: typeof snapshot.olderCursor === 'string' ? snapshot.olderCursor : null };
   } catch {
     return null;
   }

@@ -39,6 +39,7 @@ use chatrun_core::domain::{
     Chat, ChatId, ChatPage, ChatSession, ChatSummary, Connection, Millis, StreamEvent,
 };
 use chatrun_core::error::StoreError;
+use chatrun_core::history::{MessagePage, PageLimits, PageReader};
 use chatrun_core::message::UIMessage;
 use chatrun_core::ports::{ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION};
 
@@ -830,6 +831,54 @@ impl ChatStore for DynamoChatStore {
             .iter()
             .map(|i| parse(get_s(i, attr::MESSAGE)?))
             .collect()
+    }
+
+    /// Queries the chat's messages backwards from the cursor's row, `Limit` at what the page can
+    /// still take, following `LastEvaluatedKey` when a response stops early (1 MB per
+    /// response).
+    async fn message_page(
+        &self,
+        chat_id: &ChatId,
+        before: Option<&str>,
+        limits: PageLimits,
+    ) -> Result<MessagePage, StoreError> {
+        let mut reader = PageReader::new(chat_id, before, limits)?;
+        let newest = reader
+            .start_seq()
+            .map_or_else(|| keys::LAST_MESSAGE_SK.to_owned(), keys::message_sk);
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :p AND sk BETWEEN :first AND :newest")
+                .expression_attribute_values(":p", s(keys::chat_pk(chat_id)))
+                .expression_attribute_values(":first", s(keys::message_sk(0)))
+                .expression_attribute_values(":newest", s(&newest))
+                .consistent_read(true)
+                .scan_index_forward(false)
+                .limit(reader.rows_wanted().min(i32::MAX as usize) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(store_error)?;
+            for item in out.items.unwrap_or_default() {
+                let seq = get_s(&item, keys::SK)?
+                    .strip_prefix(keys::MESSAGE_PREFIX)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .ok_or_else(|| StoreError::Backend("a message key without its seq".into()))?;
+                let id = get_s(&item, attr::ID)?.to_owned();
+                let json = get_s(&item, attr::MESSAGE)?.to_owned();
+                if !reader.push(seq, &id, json)? {
+                    return reader.finish();
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return reader.finish(),
+            }
+        }
     }
 
     async fn delete_messages_from(

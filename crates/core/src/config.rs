@@ -83,6 +83,14 @@ pub const STREAM_EVENT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const CONNECTION_TTL: Duration = Duration::from_secs(2 * 3600);
 /// How many chats a page of the chat list holds.
 pub const CHAT_PAGE_SIZE: usize = 20;
+/// How many messages `GET /api/chats/{id}` returns when the request names no `limit`.
+pub const HISTORY_PAGE_DEFAULT: usize = 100;
+/// The largest `limit` a history request may ask for.
+pub const HISTORY_PAGE_MAX: usize = 500;
+/// A history page holds at most this much message JSON (unless one message is larger): with
+/// messages of up to 128 KB, a full page of them still answers within Lambda's 6 MB response
+/// limit, with room for the rest of the body.
+pub const HISTORY_PAGE_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Longest title kept, in characters.
 pub const MAX_TITLE_CHARS: usize = 80;
 /// The shortest token secret accepted: HS256 with less than 32 bytes of key is guessable.

@@ -15,6 +15,8 @@
 //! - [`config`]: every setting, read from the environment in one place.
 //! - [`engine`]: the lifecycle (onChatStart, onTurnStart, onTurnComplete), the turn runner that
 //!   streams, persists and fans out frames, resume, and the HTTP API operations.
+//! - [`history`]: paging a chat's history newest page first: the cursor codec and the page
+//!   assembly every store shares.
 //! - [`hooks`]: the `LifecycleHooks` trait applications implement to add behaviour.
 //! - [`testkit`] (feature `test-util`): in-memory adapters and the port conformance suites that
 //!   every adapter runs.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod error;
+pub mod history;
 pub mod hooks;
 pub mod message;
 pub mod ports;

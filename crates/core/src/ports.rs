@@ -19,6 +19,7 @@ use crate::domain::{
     Chat, ChatId, ChatPage, ChatSession, Connection, Millis, StreamEvent, TurnJob,
 };
 use crate::error::{ModelError, PostError, QueueError, StoreError};
+use crate::history::{MessagePage, PageLimits};
 use crate::message::UIMessage;
 
 /// How many subscriptions one connection holds at most; subscribing to one more drops the oldest.
@@ -81,6 +82,23 @@ pub trait ChatStore: Send + Sync {
 
     /// The whole history, oldest first (no size limit: one item per message).
     async fn messages(&self, chat_id: &ChatId) -> Result<Vec<UIMessage>, StoreError>;
+
+    /// One page of the history, newest page first: the newest messages before the cursor
+    /// `before` (`None`: the chat's newest), oldest first within the page, at most
+    /// `limits.messages` of them and at most `limits.bytes` of stored JSON (a single larger
+    /// message still makes a page of one). `older_cursor` pages on towards the first message and
+    /// is `None` on the page that holds it. A missing chat has an empty history. Build it with
+    /// [`crate::history::PageReader`], so every store pages alike.
+    /// # Errors
+    /// `BadCursor` when `before` was not made by this method for this chat; `Conflict` when
+    /// the cursor's message was deleted since (an earlier message was edited): the caller
+    /// loads the newest page again.
+    async fn message_page(
+        &self,
+        chat_id: &ChatId,
+        before: Option<&str>,
+        limits: PageLimits,
+    ) -> Result<MessagePage, StoreError>;
 
     /// Deletes the message with this id and every later one (regenerate), returning how many
     /// were deleted. `message_count` drops accordingly.

@@ -20,6 +20,7 @@ use chatrun_core::domain::{
     Chat, ChatId, ChatPage, ChatSession, ChatSummary, Connection, Millis, StreamEvent,
 };
 use chatrun_core::error::StoreError;
+use chatrun_core::history::{MessagePage, PageLimits, PageReader};
 use chatrun_core::message::UIMessage;
 use chatrun_core::ports::{ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION};
 use rusqlite::{OptionalExtension, params};
@@ -471,6 +472,46 @@ impl ChatStore for SqliteChatStore {
             .await?;
         // Decoding is the caller's work, off the database thread.
         rows.iter().map(|r| from_json(r)).collect()
+    }
+
+    async fn message_page(
+        &self,
+        chat_id: &ChatId,
+        before: Option<&str>,
+        limits: PageLimits,
+    ) -> Result<MessagePage, StoreError> {
+        let mut reader = PageReader::new(chat_id, before, limits)?;
+        let chat_id = chat_id.clone();
+        // Rows are read on the database thread, up to what the page can take; they are
+        // decoded by the caller, off that thread.
+        let reader = self
+            .with(move |c| {
+                let start = reader.start_seq().map_or(i64::MAX, |seq| seq as i64);
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT seq, id, message FROM messages WHERE chat_id = ?1 AND seq <= ?2
+                         ORDER BY seq DESC LIMIT ?3",
+                    )
+                    .map_err(store_error)?;
+                let mut rows = stmt
+                    .query(params![
+                        chat_id.as_str(),
+                        start,
+                        reader.rows_wanted() as i64
+                    ])
+                    .map_err(store_error)?;
+                while let Some(row) = rows.next().map_err(store_error)? {
+                    let seq: i64 = row.get(0).map_err(store_error)?;
+                    let id: String = row.get(1).map_err(store_error)?;
+                    let json: String = row.get(2).map_err(store_error)?;
+                    if !reader.push(seq as u64, &id, json)? {
+                        break;
+                    }
+                }
+                Ok(reader)
+            })
+            .await?;
+        reader.finish()
     }
 
     async fn delete_messages_from(

@@ -35,10 +35,16 @@ impl Tally {
 }
 
 /// Every HTTP path that takes a token, with `{id}` for a chat id.
-const HTTP_PATHS: [(&str, &str); 7] = [
+const HTTP_PATHS: [(&str, &str); 10] = [
     ("GET", "/api/models"),
     ("GET", "/api/chats"),
     ("GET", "/api/chats/{id}"),
+    ("GET", "/api/chats/{id}?limit=1"),
+    ("GET", "/api/chats/{id}/messages"),
+    (
+        "GET",
+        "/api/chats/{id}/messages?before=not-a-cursor&limit=2",
+    ),
     ("PATCH", "/api/chats/{id}"),
     ("DELETE", "/api/chats/{id}"),
     ("POST", "/api/session/revoke"),
@@ -251,6 +257,9 @@ async fn every_bad_credential_is_denied_on_every_action_and_path_alike_for_missi
     let mut b = app.connect(&bob).await;
     for (method, path) in [
         ("GET", "/api/chats/{id}"),
+        ("GET", "/api/chats/{id}?limit=1"),
+        ("GET", "/api/chats/{id}/messages"),
+        ("GET", "/api/chats/{id}/messages?before=not-a-cursor"),
         ("PATCH", "/api/chats/{id}"),
         ("DELETE", "/api/chats/{id}"),
     ] {

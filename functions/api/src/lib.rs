@@ -120,10 +120,13 @@ async fn route(deps: &ApiDeps, request: &Request) -> Result<Response<Body>, Chat
             let principal = api::authenticate(s, bearer(request)).await?;
             let chat_id = ChatId::parse(*id)?;
             match *method {
-                Method::GET => Ok(json(
-                    StatusCode::OK,
-                    &api::get_chat(s, &principal, &chat_id).await?,
-                )),
+                Method::GET => {
+                    let limit = api::HistoryLimit::parse(query_param(request, "limit").as_deref())?;
+                    Ok(json(
+                        StatusCode::OK,
+                        &api::get_chat(s, &principal, &chat_id, limit).await?,
+                    ))
+                }
                 Method::PATCH => {
                     let rename: Rename =
                         serde_json::from_slice(body_text(request)?).map_err(|e| {
@@ -141,6 +144,17 @@ async fn route(deps: &ApiDeps, request: &Request) -> Result<Response<Body>, Chat
                 }
                 _ => Err(method_not_allowed()),
             }
+        }
+        (_, ["api", "chats", id, "messages"]) => {
+            let principal = api::authenticate(s, bearer(request)).await?;
+            let chat_id = ChatId::parse(*id)?;
+            if method != Method::GET {
+                return Err(method_not_allowed());
+            }
+            let limit = api::HistoryLimit::parse(query_param(request, "limit").as_deref())?;
+            let before = query_param(request, "before");
+            let page = api::message_page(s, &principal, &chat_id, before.as_deref(), limit).await?;
+            Ok(json(StatusCode::OK, &page))
         }
         (_, ["api", "health" | "session" | "models" | "chats"] | ["api", "session", "revoke"]) => {
             Err(method_not_allowed())

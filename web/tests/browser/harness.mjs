@@ -31,8 +31,10 @@ const freePort = () =>
 /**
  * Starts `chatrun serve`; `stop()` and `start()` again keep the port and the data. `models`
  * lists more models besides the offline one (`CHAT_MODELS`): the offline model answers as each.
+ * `replyTokens` makes every offline reply exactly that long (`CHAT_OFFLINE_REPLY_TOKENS`), for
+ * tests that need many turns quickly.
  */
-export async function startServer({ tokensPerSec = 12, models = [] } = {}) {
+export async function startServer({ tokensPerSec = 12, models = [], replyTokens } = {}) {
   assert.ok(existsSync(binary), `${binary} is missing: cargo build -p chatrun-local --bin chatrun`);
   assert.ok(existsSync(join(web, 'dist/index.html')), 'web/dist is missing: npm run build');
   mkdirSync(results, { recursive: true });
@@ -50,6 +52,7 @@ export async function startServer({ tokensPerSec = 12, models = [] } = {}) {
           ...process.env,
           CHAT_OFFLINE_TOKENS_PER_SEC: String(tokensPerSec),
           CHAT_MODELS: models.join(','),
+          ...(replyTokens ? { CHAT_OFFLINE_REPLY_TOKENS: String(replyTokens) } : {}),
           OPENAI_API_KEY: '',
           OPENAI_BASE_URL: '',
           ANTHROPIC_API_KEY: '',

@@ -5,9 +5,13 @@ use serde::{Deserialize, Serialize};
 
 use super::Services;
 use crate::auth::{Principal, RevocationFloor};
-use crate::config::{CHAT_PAGE_SIZE, MAX_TITLE_CHARS, ModelCatalog};
+use crate::config::{
+    CHAT_PAGE_SIZE, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, HISTORY_PAGE_MAX_BYTES,
+    MAX_TITLE_CHARS, ModelCatalog,
+};
 use crate::domain::{ChatId, ChatSummary, Grant, Millis, SessionStatus};
 use crate::error::ChatError;
+use crate::history::{MessagePage, PageLimits};
 use crate::message::UIMessage;
 use crate::ports::ModelInfo;
 
@@ -48,8 +52,64 @@ pub struct ChatView {
     pub model: String,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// The newest messages, oldest first.
     pub messages: Vec<UIMessage>,
+    /// Pages on to older messages (`GET /api/chats/{id}/messages?before=`); `None` when
+    /// `messages` starts at the first one.
+    pub older_cursor: Option<String>,
     pub session: Option<SessionView>,
+}
+
+/// `GET /api/chats/{id}/messages`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePageView {
+    /// Oldest first.
+    pub messages: Vec<UIMessage>,
+    pub older_cursor: Option<String>,
+}
+
+impl From<MessagePage> for MessagePageView {
+    fn from(page: MessagePage) -> Self {
+        MessagePageView {
+            messages: page.messages,
+            older_cursor: page.older_cursor,
+        }
+    }
+}
+
+/// How many messages a history request asks for: the `limit` query parameter, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimit(usize);
+
+impl HistoryLimit {
+    /// # Errors
+    /// `bad_request` unless `raw` is absent (the default, [`HISTORY_PAGE_DEFAULT`]) or a whole
+    /// number from 1 to [`HISTORY_PAGE_MAX`].
+    pub fn parse(raw: Option<&str>) -> Result<Self, ChatError> {
+        let Some(raw) = raw else {
+            return Ok(HistoryLimit(HISTORY_PAGE_DEFAULT));
+        };
+        match raw.parse::<usize>() {
+            Ok(n) if (1..=HISTORY_PAGE_MAX).contains(&n) => Ok(HistoryLimit(n)),
+            _ => Err(ChatError::BadRequest(format!(
+                "limit must be a whole number from 1 to {HISTORY_PAGE_MAX}"
+            ))),
+        }
+    }
+
+    fn page_limits(self) -> PageLimits {
+        PageLimits {
+            messages: self.0,
+            bytes: HISTORY_PAGE_MAX_BYTES,
+        }
+    }
+}
+
+impl Default for HistoryLimit {
+    fn default() -> Self {
+        HistoryLimit(HISTORY_PAGE_DEFAULT)
+    }
 }
 
 /// `GET /api/models`.
@@ -177,17 +237,23 @@ pub async fn list_chats(
     })
 }
 
+/// `GET /api/chats/{id}`: the chat with its newest page of messages and its session.
+/// # Errors
+/// `not_found` for a missing chat or someone else's; `forbidden` for an access token.
 pub async fn get_chat(
     s: &Services,
     principal: &Principal,
     chat_id: &ChatId,
+    limit: HistoryLimit,
 ) -> Result<ChatView, ChatError> {
     require_user(principal)?;
     let chat = s
         .owned_chat(&principal.user_id, &principal.grant, chat_id)
         .await?;
-    let (messages, session) =
-        futures::try_join!(s.store.messages(chat_id), s.store.get_session(chat_id))?;
+    let (page, session) = futures::try_join!(
+        s.store.message_page(chat_id, None, limit.page_limits()),
+        s.store.get_session(chat_id)
+    )?;
     let now = s.now();
     Ok(ChatView {
         id: chat.id,
@@ -195,7 +261,8 @@ pub async fn get_chat(
         model: chat.model,
         created_at: chat.created_at,
         updated_at: chat.updated_at,
-        messages,
+        messages: page.messages,
+        older_cursor: page.older_cursor,
         session: session.map(|session| SessionView {
             status: if session.is_over(now) && !session.streaming {
                 SessionStatus::Ended
@@ -209,6 +276,29 @@ pub async fn get_chat(
             assistant_message_id: session.assistant_message_id,
         }),
     })
+}
+
+/// `GET /api/chats/{id}/messages?before=`: the page of messages older than the cursor a
+/// previous page returned (no cursor: the newest page).
+/// # Errors
+/// `not_found` for a missing chat or someone else's, whatever the cursor; `bad_request` for a
+/// cursor not made for this chat; `conflict` when the cursor's message was deleted since (an
+/// edit): the client loads the chat again.
+pub async fn message_page(
+    s: &Services,
+    principal: &Principal,
+    chat_id: &ChatId,
+    before: Option<&str>,
+    limit: HistoryLimit,
+) -> Result<MessagePageView, ChatError> {
+    require_user(principal)?;
+    s.owned_chat(&principal.user_id, &principal.grant, chat_id)
+        .await?;
+    let page = s
+        .store
+        .message_page(chat_id, before, limit.page_limits())
+        .await?;
+    Ok(page.into())
 }
 
 /// Renames a chat.
@@ -392,6 +482,145 @@ mod tests {
             missing.unwrap_err().code(),
             crate::error::ErrorCode::NotFound
         );
+    }
+
+    async fn chat_of(s: &Services, owner: &str, id: &str, messages: usize) -> ChatId {
+        let chat_id = ChatId::parse(id).unwrap();
+        let now = s.now();
+        s.store
+            .create_chat(&Chat {
+                id: chat_id.clone(),
+                owner_id: owner.into(),
+                title: "t".into(),
+                model: "m".into(),
+                created_at: now,
+                updated_at: now,
+                message_count: 0,
+            })
+            .await
+            .unwrap();
+        for i in 0..messages {
+            s.store
+                .append_message(&chat_id, &UIMessage::user_text(format!("m{i}"), "hi"), now)
+                .await
+                .unwrap();
+        }
+        chat_id
+    }
+
+    fn user(id: &str) -> Principal {
+        Principal {
+            user_id: id.into(),
+            grant: Grant::User,
+            issued_at: 0,
+        }
+    }
+
+    fn ids(messages: &[UIMessage]) -> Vec<&str> {
+        messages.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_history_comes_newest_page_first_and_pages_back_to_the_start() {
+        let t = services(Settings::with_secret(SECRET));
+        let s = &t.services;
+        let chat_id = chat_of(s, "u1", "c1", 5).await;
+        let two = HistoryLimit::parse(Some("2")).unwrap();
+        let view = get_chat(s, &user("u1"), &chat_id, two).await.unwrap();
+        assert_eq!(ids(&view.messages), ["m3", "m4"]);
+        let older = message_page(s, &user("u1"), &chat_id, view.older_cursor.as_deref(), two)
+            .await
+            .unwrap();
+        assert_eq!(ids(&older.messages), ["m1", "m2"]);
+        let first = message_page(s, &user("u1"), &chat_id, older.older_cursor.as_deref(), two)
+            .await
+            .unwrap();
+        assert_eq!(ids(&first.messages), ["m0"]);
+        assert_eq!(first.older_cursor, None);
+
+        let whole = get_chat(s, &user("u1"), &chat_id, HistoryLimit::default())
+            .await
+            .unwrap();
+        assert_eq!(whole.messages.len(), 5);
+        assert_eq!(whole.older_cursor, None);
+        let json = serde_json::to_value(&whole).unwrap();
+        assert!(
+            json.as_object().unwrap().contains_key("olderCursor"),
+            "the wire name, present when null: {json}"
+        );
+
+        // A bad cursor is a bad request; a stale one (its message edited away) a conflict.
+        let bad = message_page(s, &user("u1"), &chat_id, Some("nonsense"), two).await;
+        assert_eq!(bad.unwrap_err().code(), crate::error::ErrorCode::BadRequest);
+        s.store.delete_messages_from(&chat_id, "m2").await.unwrap();
+        let stale = message_page(s, &user("u1"), &chat_id, view.older_cursor.as_deref(), two).await;
+        assert_eq!(stale.unwrap_err().code(), crate::error::ErrorCode::Conflict);
+    }
+
+    #[tokio::test]
+    async fn history_requests_check_the_owner_before_the_cursor() {
+        let t = services(Settings::with_secret(SECRET));
+        let s = &t.services;
+        let chat_id = chat_of(s, "u1", "c1", 3).await;
+        let limit = HistoryLimit::default();
+        let missing = ChatId::parse("c9").unwrap();
+        for (chat, cursor) in [
+            (&chat_id, None),
+            (&chat_id, Some("nonsense")),
+            (&missing, None),
+            (&missing, Some("nonsense")),
+        ] {
+            let answer = message_page(s, &user("u2"), chat, cursor, limit).await;
+            assert_eq!(
+                answer.unwrap_err().code(),
+                crate::error::ErrorCode::NotFound,
+                "{chat} {cursor:?}"
+            );
+        }
+        assert_eq!(
+            get_chat(s, &user("u2"), &chat_id, limit)
+                .await
+                .unwrap_err()
+                .code(),
+            crate::error::ErrorCode::NotFound
+        );
+        let run = Principal {
+            user_id: "u1".into(),
+            grant: Grant::Run {
+                chat_id: chat_id.clone(),
+                run_id: "r1".into(),
+            },
+            issued_at: 0,
+        };
+        assert_eq!(
+            message_page(s, &run, &chat_id, None, limit)
+                .await
+                .unwrap_err()
+                .code(),
+            crate::error::ErrorCode::Forbidden
+        );
+    }
+
+    #[test]
+    fn history_limits_are_whole_numbers_in_range() {
+        assert_eq!(HistoryLimit::parse(None).unwrap(), HistoryLimit(100));
+        assert_eq!(HistoryLimit::parse(Some("1")).unwrap(), HistoryLimit(1));
+        assert_eq!(HistoryLimit::parse(Some("500")).unwrap(), HistoryLimit(500));
+        for bad in [
+            "0",
+            "501",
+            "-1",
+            "",
+            "ten",
+            "1.5",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(
+                HistoryLimit::parse(Some(bad)).unwrap_err().code(),
+                crate::error::ErrorCode::BadRequest,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

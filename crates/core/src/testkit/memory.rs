@@ -14,6 +14,7 @@ use crate::domain::{
 };
 use crate::engine::Services;
 use crate::error::{PostError, QueueError, StoreError};
+use crate::history::{MessagePage, PageLimits, PageReader};
 use crate::hooks::NoHooks;
 use crate::message::UIMessage;
 use crate::ports::{
@@ -186,6 +187,32 @@ impl ChatStore for MemoryChatStore {
                 .cloned()
                 .unwrap_or_default()
         }))
+    }
+
+    /// A message's `seq` is its index: appends push and deletes truncate, as the other stores
+    /// number their rows.
+    async fn message_page(
+        &self,
+        chat_id: &ChatId,
+        before: Option<&str>,
+        limits: PageLimits,
+    ) -> Result<MessagePage, StoreError> {
+        let mut reader = PageReader::new(chat_id, before, limits)?;
+        let messages = self.messages(chat_id).await?;
+        let Some(newest) = messages.len().checked_sub(1) else {
+            return reader.finish();
+        };
+        let start = reader
+            .start_seq()
+            .map_or(newest, |seq| (seq as usize).min(newest));
+        for (seq, message) in messages[..=start].iter().enumerate().rev() {
+            let json =
+                serde_json::to_string(message).map_err(|e| StoreError::Backend(e.to_string()))?;
+            if !reader.push(seq as u64, &message.id, json)? {
+                break;
+            }
+        }
+        reader.finish()
     }
 
     async fn delete_messages_from(

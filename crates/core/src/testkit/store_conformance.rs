@@ -6,6 +6,7 @@ use serde_json::json;
 use crate::chunk::UIMessageChunk;
 use crate::domain::{Chat, ChatId, ChatSession, Connection, Grant, SessionStatus, StreamEvent};
 use crate::error::StoreError;
+use crate::history::{MessagePage, PageLimits};
 use crate::message::UIMessage;
 use crate::ports::{ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION};
 
@@ -84,6 +85,8 @@ pub async fn run_all<S: ChatStore + ?Sized>(store: &S) {
     listing(store).await;
     messages(store).await;
     large_history(store).await;
+    history_pages(store).await;
+    history_cursors(store).await;
     sessions(store).await;
     events(store).await;
     connections_and_subscriptions(store).await;
@@ -310,6 +313,225 @@ pub async fn large_history<S: ChatStore + ?Sized>(store: &S) {
             .enumerate()
             .all(|(i, m)| m.id == format!("m{i:03}"))
     );
+    // Over 1 MB: one page of it follows DynamoDB's response pages.
+    let whole = store.message_page(&c.id, None, at_most(500)).await.unwrap();
+    assert_eq!(whole.messages, read, "one page holds it all");
+    assert_eq!(whole.older_cursor, None);
+    let by_bytes = PageLimits {
+        messages: 500,
+        bytes: 300 * 1024,
+    };
+    let pages = walk(store, &c.id, by_bytes).await;
+    assert_eq!(pages.len(), 4, "about 30 messages of ~10 KB per page");
+    let walked: Vec<String> = pages.into_iter().rev().flatten().collect();
+    let expected: Vec<String> = read.into_iter().map(|m| m.id).collect();
+    assert_eq!(walked, expected, "nothing missing or doubled");
+}
+
+fn page_ids(page: &MessagePage) -> Vec<String> {
+    page.messages.iter().map(|m| m.id.clone()).collect()
+}
+
+fn at_most(messages: usize) -> PageLimits {
+    PageLimits {
+        messages,
+        bytes: 4 << 20,
+    }
+}
+
+/// Appends `m0..m{n-1}` to a new chat.
+async fn chat_with_messages<S: ChatStore + ?Sized>(store: &S, owner: &str, n: usize) -> Chat {
+    let c = chat(owner, NOW);
+    store.create_chat(&c).await.unwrap();
+    for i in 0..n {
+        store
+            .append_message(
+                &c.id,
+                &UIMessage::user_text(format!("m{i}"), format!("text {i}")),
+                NOW + i as i64,
+            )
+            .await
+            .unwrap();
+    }
+    c
+}
+
+/// Walks the history with `limits` from the newest page to the first, returning the pages.
+async fn walk<S: ChatStore + ?Sized>(
+    store: &S,
+    chat_id: &ChatId,
+    limits: PageLimits,
+) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .message_page(chat_id, before.as_deref(), limits)
+            .await
+            .unwrap();
+        pages.push(page_ids(&page));
+        match page.older_cursor {
+            Some(cursor) => before = Some(cursor),
+            None => return pages,
+        }
+        assert!(pages.len() < 100, "paging ends");
+    }
+}
+
+/// The history in pages, newest first: exact boundaries, the byte budget, empty chats.
+pub async fn history_pages<S: ChatStore + ?Sized>(store: &S) {
+    let empty = chat("owner-pages", NOW);
+    store.create_chat(&empty).await.unwrap();
+    let missing = ChatId::parse(unique("missing")).unwrap();
+    for chat_id in [&empty.id, &missing] {
+        let page = store.message_page(chat_id, None, at_most(3)).await.unwrap();
+        assert_eq!(
+            page,
+            MessagePage {
+                messages: vec![],
+                older_cursor: None
+            },
+            "an empty history is one empty page"
+        );
+    }
+
+    let c = chat_with_messages(store, "owner-pages", 6).await;
+    assert_eq!(
+        walk(store, &c.id, at_most(3)).await,
+        [vec!["m3", "m4", "m5"], vec!["m0", "m1", "m2"]],
+        "a page that ends at the first message has no cursor"
+    );
+    assert_eq!(
+        walk(store, &c.id, at_most(6)).await,
+        [vec!["m0", "m1", "m2", "m3", "m4", "m5"]]
+    );
+    assert_eq!(
+        walk(store, &c.id, at_most(4)).await,
+        [vec!["m2", "m3", "m4", "m5"], vec!["m0", "m1"]]
+    );
+    assert_eq!(
+        walk(store, &c.id, at_most(100)).await,
+        [vec!["m0", "m1", "m2", "m3", "m4", "m5"]]
+    );
+    let newest = store.message_page(&c.id, None, at_most(1)).await.unwrap();
+    assert_eq!(page_ids(&newest), ["m5"]);
+    assert_eq!(
+        newest.messages[0],
+        UIMessage::user_text("m5", "text 5"),
+        "stored as given"
+    );
+
+    // The byte budget: messages of equal size, a budget of two and a half of them.
+    let one = serde_json::to_string(&UIMessage::user_text("m0", "text 0"))
+        .unwrap()
+        .len();
+    let by_bytes = PageLimits {
+        messages: 100,
+        bytes: one * 5 / 2,
+    };
+    assert_eq!(
+        walk(store, &c.id, by_bytes).await,
+        [vec!["m4", "m5"], vec!["m2", "m3"], vec!["m0", "m1"]],
+        "a page cut by bytes still has a cursor for the rest"
+    );
+    let too_small = PageLimits {
+        messages: 100,
+        bytes: 1,
+    };
+    assert_eq!(
+        walk(store, &c.id, too_small).await.len(),
+        6,
+        "a message larger than the budget is a page of its own"
+    );
+}
+
+/// Cursors survive a regenerate, go stale when their message is deleted, and are refused for
+/// another chat or when the store did not make them.
+pub async fn history_cursors<S: ChatStore + ?Sized>(store: &S) {
+    let c = chat_with_messages(store, "owner-cursors", 6).await;
+    let newest = store.message_page(&c.id, None, at_most(2)).await.unwrap();
+    assert_eq!(page_ids(&newest), ["m4", "m5"]);
+    let cursor = newest.older_cursor.expect("older messages exist");
+
+    // Regenerate the last reply: the older pages are untouched, and so is the cursor.
+    store.delete_messages_from(&c.id, "m5").await.unwrap();
+    store
+        .append_message(&c.id, &UIMessage::user_text("m5b", "again"), NOW + 20)
+        .await
+        .unwrap();
+    let older = store
+        .message_page(&c.id, Some(&cursor), at_most(2))
+        .await
+        .unwrap();
+    assert_eq!(page_ids(&older), ["m2", "m3"]);
+    // An edit keeps the edited message's id: the cursor's message is back at its place.
+    store.delete_messages_from(&c.id, "m4").await.unwrap();
+    store
+        .append_message(&c.id, &UIMessage::user_text("m4", "edited"), NOW + 21)
+        .await
+        .unwrap();
+    let older = store
+        .message_page(&c.id, Some(&cursor), at_most(2))
+        .await
+        .unwrap();
+    assert_eq!(page_ids(&older), ["m2", "m3"]);
+
+    // An edit further back deletes the cursor's message: the cursor is stale.
+    store.delete_messages_from(&c.id, "m3").await.unwrap();
+    assert!(matches!(
+        store.message_page(&c.id, Some(&cursor), at_most(2)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    for id in ["x3", "x4", "x5"] {
+        store
+            .append_message(&c.id, &UIMessage::user_text(id, id), NOW + 22)
+            .await
+            .unwrap();
+    }
+    assert!(
+        matches!(
+            store.message_page(&c.id, Some(&cursor), at_most(2)).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "another message at the cursor's place is not the cursor's"
+    );
+    let rebuilt = walk(store, &c.id, at_most(2)).await;
+    assert_eq!(
+        rebuilt,
+        [vec!["x4", "x5"], vec!["m2", "x3"], vec!["m0", "m1"]]
+    );
+
+    // Cursors of another chat, or not made by a store at all.
+    let other = chat_with_messages(store, "owner-cursors", 3).await;
+    let other_cursor = store
+        .message_page(&other.id, None, at_most(1))
+        .await
+        .unwrap()
+        .older_cursor
+        .unwrap();
+    for bad in [
+        other_cursor.as_str(),
+        "",
+        "not-a-cursor",
+        "eyJ4IjoxfQ",
+        "%%",
+    ] {
+        assert!(
+            matches!(
+                store.message_page(&c.id, Some(bad), at_most(2)).await,
+                Err(StoreError::BadCursor)
+            ),
+            "{bad:?} is refused"
+        );
+    }
+    // A cursor of a deleted chat names nothing left.
+    store.delete_chat(&other.id).await.unwrap();
+    assert!(matches!(
+        store
+            .message_page(&other.id, Some(&other_cursor), at_most(2))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
 }
 
 /// Sessions are written with optimistic concurrency on `version`.

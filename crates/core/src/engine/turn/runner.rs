@@ -17,10 +17,12 @@ use super::chunks::ChunkBuilder;
 use super::session::{claim, finish_turn, runs};
 use super::sink::{FrameSink, Signal};
 use crate::chunk::FinishReason;
+use crate::config::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX_BYTES};
 use crate::domain::{EndedReason, TurnJob};
 use crate::error::{ChatError, ModelError, StoreError};
+use crate::history::PageLimits;
 use crate::message::{UIMessage, UIPart};
-use crate::ports::{LanguageModel, ModelEvent, ModelRequest};
+use crate::ports::{ChatStore, LanguageModel, ModelEvent, ModelRequest};
 use crate::protocol::ServerFrame;
 
 /// How often a turn whose model is silent checks for a stop.
@@ -114,25 +116,33 @@ pub async fn run_turn(
     let Some(chat) = s.store.get_chat(chat_id).await? else {
         return Ok(TurnOutcome::Dropped("chat deleted"));
     };
-    let mut history = s.store.messages(chat_id).await?;
-    if history.iter().any(|m| m.id == job.assistant_message_id) {
-        // A previous attempt stored the reply and died before updating the session.
-        let last = s.store.last_event_id(&job.run_id, s.now()).await?;
-        complete(
-            s,
-            job,
-            &chat.owner_id,
-            None,
-            last.max(session.turn_start_event_id - 1),
-            None,
-        )
-        .await?;
-        return Ok(TurnOutcome::Dropped("reply already stored"));
-    }
-    if let Some(pos) = history.iter().position(|m| m.id == job.user_message_id) {
-        history.truncate(pos + 1);
-    }
-    let history = fit_context(history, s.settings.context_tokens);
+    let history = match turn_context(
+        s.store.as_ref(),
+        job,
+        s.settings.context_tokens,
+        PageLimits {
+            messages: HISTORY_PAGE_DEFAULT,
+            bytes: HISTORY_PAGE_MAX_BYTES,
+        },
+    )
+    .await?
+    {
+        TurnContext::Messages(history) => history,
+        TurnContext::AlreadyAnswered => {
+            // A previous attempt stored the reply and died before updating the session.
+            let last = s.store.last_event_id(&job.run_id, s.now()).await?;
+            complete(
+                s,
+                job,
+                &chat.owner_id,
+                None,
+                last.max(session.turn_start_event_id - 1),
+                None,
+            )
+            .await?;
+            return Ok(TurnOutcome::Dropped("reply already stored"));
+        }
+    };
 
     // The model chosen with the message, fixed on the session when the turn was claimed: a
     // change of the chat's model after that (by a later turn) does not reach this one.
@@ -379,6 +389,74 @@ pub async fn fail_turn(s: &Services, job: &TurnJob) -> Result<TurnOutcome, ChatE
     .await
 }
 
+/// What run-turn reads of the history.
+#[derive(Debug, PartialEq)]
+enum TurnContext {
+    /// A previous attempt stored the reply.
+    AlreadyAnswered,
+    /// The model's context: the newest messages up to the turn's user message that fit the
+    /// token budget, oldest first.
+    Messages(Vec<UIMessage>),
+}
+
+/// Reads the model's context newest page first, and only as far back as the budget reaches,
+/// so a long chat costs a turn a page or two, not its whole history. Messages after the turn's
+/// user message are not the turn's (a redelivery after the reply was stored finds it there).
+/// When the user message is not in the history at all, the newest messages make the context,
+/// as they always did.
+/// # Errors
+/// A store failure; a history changed while it was read (an edit) is `Transient`.
+async fn turn_context(
+    store: &dyn ChatStore,
+    job: &TurnJob,
+    budget: usize,
+    limits: PageLimits,
+) -> Result<TurnContext, StoreError> {
+    // Newest first: messages newer than the user message, until it is found.
+    let mut after_user: Vec<UIMessage> = Vec::new();
+    // Newest first: the context, from the user message back.
+    let mut context: Vec<UIMessage> = Vec::new();
+    let mut found_user = false;
+    let mut used = 0;
+    let mut before: Option<String> = None;
+    'pages: loop {
+        let page = match store
+            .message_page(&job.chat_id, before.as_deref(), limits)
+            .await
+        {
+            Err(StoreError::Conflict(m)) => return Err(StoreError::Transient(m)),
+            other => other?,
+        };
+        for message in page.messages.into_iter().rev() {
+            if !found_user {
+                if message.id == job.assistant_message_id {
+                    return Ok(TurnContext::AlreadyAnswered);
+                }
+                if message.id != job.user_message_id {
+                    after_user.push(message);
+                    continue;
+                }
+                found_user = true;
+            }
+            used += approximate_tokens(&message);
+            if used > budget && !context.is_empty() {
+                break 'pages;
+            }
+            context.push(message);
+        }
+        match page.older_cursor {
+            Some(cursor) => before = Some(cursor),
+            None => break,
+        }
+    }
+    if !found_user {
+        after_user.reverse();
+        return Ok(TurnContext::Messages(fit_context(after_user, budget)));
+    }
+    context.reverse();
+    Ok(TurnContext::Messages(context))
+}
+
 /// About how many tokens a message costs a model: four bytes of text a token, plus a few for
 /// its framing.
 fn approximate_tokens(message: &UIMessage) -> usize {
@@ -482,6 +560,75 @@ async fn complete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chat of `n` messages `m0..`, each about 104 tokens.
+    async fn long_chat(n: usize) -> (crate::testkit::memory::MemoryChatStore, Vec<UIMessage>) {
+        let store = crate::testkit::memory::MemoryChatStore::new();
+        let chat_id = crate::domain::ChatId::parse("c1").unwrap();
+        store
+            .create_chat(&crate::domain::Chat {
+                id: chat_id.clone(),
+                owner_id: "u1".into(),
+                title: "t".into(),
+                model: "m".into(),
+                created_at: 0,
+                updated_at: 0,
+                message_count: 0,
+            })
+            .await
+            .unwrap();
+        let history: Vec<UIMessage> = (0..n)
+            .map(|i| UIMessage::user_text(format!("m{i}"), "x".repeat(400)))
+            .collect();
+        for message in &history {
+            store.append_message(&chat_id, message, 0).await.unwrap();
+        }
+        (store, history)
+    }
+
+    fn job_for(user: &str, assistant: &str) -> TurnJob {
+        serde_json::from_value(serde_json::json!({
+            "chatId": "c1", "runId": "r1", "userMessageId": user,
+            "assistantMessageId": assistant, "trigger": "submit-message"
+        }))
+        .unwrap()
+    }
+
+    fn ids(context: &TurnContext) -> Vec<&str> {
+        match context {
+            TurnContext::Messages(messages) => messages.iter().map(|m| m.id.as_str()).collect(),
+            TurnContext::AlreadyAnswered => vec!["<answered>"],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_context_is_read_newest_page_first_as_far_as_the_budget_reaches() {
+        let (store, history) = long_chat(25).await;
+        // Pages of two: the walk crosses page boundaries anywhere.
+        let pages = PageLimits {
+            messages: 2,
+            bytes: 1 << 20,
+        };
+        for budget in [10, 350, 1_000, 100_000] {
+            for user in [24, 13, 0] {
+                let job = job_for(&format!("m{user}"), "a-new");
+                let read = turn_context(&store, &job, budget, pages).await.unwrap();
+                let expected = fit_context(history[..=user].to_vec(), budget);
+                let expected: Vec<&str> = expected.iter().map(|m| m.id.as_str()).collect();
+                assert_eq!(ids(&read), expected, "budget {budget}, user m{user}");
+            }
+        }
+        // The reply stored by an earlier attempt, after the user message.
+        let answered = turn_context(&store, &job_for("m20", "m22"), 350, pages)
+            .await
+            .unwrap();
+        assert_eq!(answered, TurnContext::AlreadyAnswered);
+        // A user message no longer in the history: the newest messages, as before paging.
+        let gone = turn_context(&store, &job_for("zz", "a-new"), 350, pages)
+            .await
+            .unwrap();
+        assert_eq!(ids(&gone), ["m22", "m23", "m24"]);
+    }
 
     #[test]
     fn the_model_gets_the_newest_messages_that_fit_the_budget() {
