@@ -4,8 +4,10 @@
 //! - [`memory`]: `MemoryChatStore`, `RecordingTurnQueue`, `RecordingConnections`,
 //!   `ManualClock`, `SequentialIds`, and [`memory::services`] to build `Services` from them.
 //! - [`store_conformance`]: `run_all(&store)` for any `ChatStore`.
+//! - [`limits_conformance`]: `run_all(&counters)` for any `UsageCounters`.
 //! - [`queue_conformance`]: `run_all(make)` for any `TurnQueue + TurnQueueConsumer`.
 
+pub mod limits_conformance;
 pub mod memory;
 pub mod queue_conformance;
 pub mod store_conformance;
