@@ -5,10 +5,11 @@
 //!   the window is live and under the limit; only when that fails is the item read, to tell a
 //!   full window (refused) from an ended or missing one (replaced by a new window, on the
 //!   condition that it is still the one read).
-//! - Slots are a map of slot id to expiry with a `version`. A claim reads the item, drops the
-//!   expired slots, and writes the map back on the condition that the version is unchanged; a
-//!   release removes its map entry and bumps the version, so a claim that read before it
-//!   retries instead of writing the released slot back.
+//! - Slots are a map of slot id to expiry with a `version`. A claim first tries one write that
+//!   adds its slot while the map has fewer than `limit` entries; failing that, it reads the
+//!   item, drops the expired slots, and writes the map back on the condition that the version
+//!   is unchanged. Every write bumps the version (a release too, removing its map entry), so a
+//!   claim that read before another write retries instead of writing a stale map back.
 //!
 //! `expiresAt` (TTL) lets DynamoDB delete ended windows and long-expired slot sets; reads never
 //! rely on it, they compare the stored times with the clock.
@@ -112,6 +113,43 @@ impl DynamoChatStore {
             Err(e) => Err(e),
         }
     }
+
+    /// The common claim in one write, without reading: add the slot while the map holds fewer
+    /// than `limit` entries. `Ok(false)` when it does not (it may hold expired slots, or not
+    /// exist yet): the caller reads, prunes and writes back.
+    async fn add_slot_below_limit(
+        &self,
+        item_key: &keys::Key,
+        slot_id: &str,
+        limit: u32,
+        expires_at: Millis,
+    ) -> Result<bool, StoreError> {
+        // Every claim gives its slot the stale-turn limit from now, so the newest claim's
+        // expiry is the latest one: the item's TTL can follow it.
+        let added = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(item_key)))
+            .update_expression("SET #slots.#slot = :expires, #ttl = :ttl ADD #version :one")
+            .condition_expression("size(#slots) < :limit")
+            .expression_attribute_names("#slots", attr::SLOTS)
+            .expression_attribute_names("#slot", slot_id)
+            .expression_attribute_names("#version", attr::VERSION)
+            .expression_attribute_names("#ttl", attr::EXPIRES_AT)
+            .expression_attribute_values(":expires", n(expires_at))
+            .expression_attribute_values(":ttl", ttl_secs(expires_at))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":limit", n(limit))
+            .send()
+            .await
+            .map_err(store_error);
+        match added {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[async_trait]
@@ -161,6 +199,12 @@ impl UsageCounters for DynamoChatStore {
         expires_at: Millis,
     ) -> Result<Admission, StoreError> {
         let item_key = keys::usage_slots(key);
+        if self
+            .add_slot_below_limit(&item_key, slot_id, limit, expires_at)
+            .await?
+        {
+            return Ok(Admission::Admitted);
+        }
         for _ in 0..ATTEMPTS {
             let current = self.get(&item_key).await?;
             let version = current
