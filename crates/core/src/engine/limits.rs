@@ -38,9 +38,8 @@ fn guests_key(source_ip: &str) -> String {
     format!("guests#{source_ip}")
 }
 
-fn seconds(ms: u64) -> u64 {
-    ms.div_ceil(1000).max(1)
-}
+// The messages name the limit; when to retry travels apart (`retryAfterMs`, `Retry-After`),
+// and the page words it.
 
 /// Admits a new turn of `owner_id` (a send, an edit or a regeneration): takes a turn slot for
 /// `turn_id`, then counts the message. A message refused for its rate gives the slot back.
@@ -75,10 +74,7 @@ pub async fn admit_turn(s: &Services, owner_id: &str, turn_id: &str) -> Result<(
         Ok(Admission::Refused { retry_after_ms }) => {
             release_turn_slot(s, owner_id, turn_id).await;
             Err(ChatError::RateLimited {
-                message: format!(
-                    "at most {per_minute} messages a minute; try again in {} s",
-                    seconds(retry_after_ms)
-                ),
+                message: format!("at most {per_minute} messages a minute"),
                 retry_after_ms: retry_after_ms.max(1),
             })
         }
@@ -115,10 +111,7 @@ pub async fn admit_guest(s: &Services, source_ip: Option<&str>) -> Result<(), Ch
     {
         Admission::Admitted => Ok(()),
         Admission::Refused { retry_after_ms } => Err(ChatError::RateLimited {
-            message: format!(
-                "too many new guest sessions from this address; try again in {} s",
-                seconds(retry_after_ms)
-            ),
+            message: "too many new guest sessions from this address".into(),
             retry_after_ms: retry_after_ms.max(1),
         }),
     }
