@@ -15,9 +15,7 @@ use chatrun_core::domain::TurnJob;
 use chatrun_core::engine::Services;
 use chatrun_core::error::{PostError, QueueError};
 use chatrun_core::hooks::NoHooks;
-use chatrun_core::ports::{
-    ChatStore, Connections, SystemClock, TurnQueue, UsageCounters, UuidIds,
-};
+use chatrun_core::ports::{ChatStore, Connections, SystemClock, TurnQueue, UsageCounters, UuidIds};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;

@@ -67,7 +67,10 @@ pub enum ChatError {
     Conflict(String),
     /// A per-user or per-address limit refused the request; nothing of it was stored.
     #[error("{message}")]
-    RateLimited { message: String, retry_after_ms: u64 },
+    RateLimited {
+        message: String,
+        retry_after_ms: u64,
+    },
     /// A backend failed; `retryable` says whether trying again may help.
     #[error("{message}")]
     Internal { message: String, retryable: bool },

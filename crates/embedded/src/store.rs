@@ -21,9 +21,7 @@ use chatrun_core::domain::{
 };
 use chatrun_core::error::StoreError;
 use chatrun_core::message::UIMessage;
-use chatrun_core::ports::{
-    Admission, ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION, UsageCounters,
-};
+use chatrun_core::ports::{Admission, ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION, UsageCounters};
 use rusqlite::{OptionalExtension, params};
 
 use crate::db::{Database, DbError};
@@ -828,8 +826,11 @@ impl UsageCounters for SqliteChatStore {
     ) -> Result<Admission, StoreError> {
         let (key, slot_id) = (key.to_owned(), slot_id.to_owned());
         self.with(move |c| {
-            c.execute("DELETE FROM usage_slots WHERE expires_at <= ?1", params![now])
-                .map_err(store_error)?;
+            c.execute(
+                "DELETE FROM usage_slots WHERE expires_at <= ?1",
+                params![now],
+            )
+            .map_err(store_error)?;
             let (held, oldest, holds_this): (i64, Option<i64>, bool) = c
                 .query_row(
                     "SELECT COUNT(*), MIN(expires_at), COALESCE(SUM(slot_id = ?2), 0) > 0

@@ -38,7 +38,10 @@ fn assert_rate_limited(frame: &Value, chat_id: &str, at_most_ms: u64) -> u64 {
 
 async fn assert_not_stored(app: &TestApp, chat_id: &str, token: &str) {
     let (status, body) = app.get_json(&format!("/api/chats/{chat_id}"), token).await;
-    assert_eq!(status, 404, "nothing of a refused message is stored: {body}");
+    assert_eq!(
+        status, 404,
+        "nothing of a refused message is stored: {body}"
+    );
 }
 
 #[tokio::test]
@@ -127,12 +130,7 @@ async fn new_guests_from_one_address_are_limited_per_hour_with_429_and_retry_aft
     for _ in 0..3 {
         tokens.push(app.guest().await.0);
     }
-    let refused = app
-        .http
-        .post(app.url("/api/session"))
-        .send()
-        .await
-        .unwrap();
+    let refused = app.http.post(app.url("/api/session")).send().await.unwrap();
     assert_eq!(refused.status().as_u16(), 429);
     let retry_after_header: u64 = refused
         .headers()
@@ -142,10 +140,15 @@ async fn new_guests_from_one_address_are_limited_per_hour_with_429_and_retry_aft
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=3600).contains(&retry_after_header), "{retry_after_header}");
+    assert!(
+        (1..=3600).contains(&retry_after_header),
+        "{retry_after_header}"
+    );
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
-    let retry_after_ms = body["error"]["retryAfterMs"].as_u64().expect("retryAfterMs");
+    let retry_after_ms = body["error"]["retryAfterMs"]
+        .as_u64()
+        .expect("retryAfterMs");
     assert!((1..=3_600_000).contains(&retry_after_ms), "{body}");
     assert_eq!(retry_after_header, retry_after_ms.div_ceil(1000));
 

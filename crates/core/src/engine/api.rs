@@ -456,7 +456,10 @@ mod tests {
         );
         t.clock.advance(10);
         assert_eq!(
-            create_session(s, Some(&run_now), None).await.unwrap_err().code(),
+            create_session(s, Some(&run_now), None)
+                .await
+                .unwrap_err()
+                .code(),
             crate::error::ErrorCode::Forbidden
         );
     }

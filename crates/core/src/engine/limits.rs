@@ -160,7 +160,9 @@ mod tests {
 
     fn retry_after(error: &ChatError) -> u64 {
         assert_eq!(error.code(), ErrorCode::RateLimited, "{error:?}");
-        error.retry_after_ms().expect("rate_limited carries retryAfterMs")
+        error
+            .retry_after_ms()
+            .expect("rate_limited carries retryAfterMs")
     }
 
     fn queued(t: &TestServices) -> Vec<TurnJob> {
@@ -172,9 +174,13 @@ mod tests {
         let t = services(settings(100, 20));
         let user = connection("user-1");
         for i in 0..20 {
-            send_message(&t.services, &user, &send(&format!("chat-{i}"), &format!("m{i}")))
-                .await
-                .expect("within the limit");
+            send_message(
+                &t.services,
+                &user,
+                &send(&format!("chat-{i}"), &format!("m{i}")),
+            )
+            .await
+            .expect("within the limit");
             t.clock.advance(1_000);
         }
         let refused = send_message(&t.services, &user, &send("chat-20", "m20"))
@@ -207,9 +213,13 @@ mod tests {
         let t = services(settings(3, 100));
         let user = connection("user-1");
         for i in 0..3 {
-            send_message(&t.services, &user, &send(&format!("chat-{i}"), &format!("m{i}")))
-                .await
-                .unwrap();
+            send_message(
+                &t.services,
+                &user,
+                &send(&format!("chat-{i}"), &format!("m{i}")),
+            )
+            .await
+            .unwrap();
         }
         let refused = send_message(&t.services, &user, &send("chat-3", "m3"))
             .await

@@ -118,7 +118,10 @@ pub async fn slots<C: UsageCounters + ?Sized>(counters: &C) {
         }
     };
     assert!(admitted(claim("a", NOW, NOW + 100_000).await), "slots: a");
-    assert!(admitted(claim("b", NOW + 1, NOW + 50_000).await), "slots: b");
+    assert!(
+        admitted(claim("b", NOW + 1, NOW + 50_000).await),
+        "slots: b"
+    );
     assert_eq!(
         claim("c", NOW + 10_000, NOW + 110_000).await,
         Admission::Refused {
