@@ -13,7 +13,7 @@ bash scripts/emulators/install.sh
 echo "== cargo test"
 cargo test --workspace
 echo "== the end-to-end tests again on the AWS adapters (DynamoDB Local, moto, @connections)"
-CHATRUN_TEST_BACKEND=aws cargo test -p chatrun-local --test conversation --test bad_input --test reliability --test pipeline --test authz
+CHATRUN_TEST_BACKEND=aws cargo test -p chatrun-local --test conversation --test bad_input --test reliability --test pipeline --test authz --test limits
 echo "== the Lambda binaries under cargo lambda watch, invoked with functions/*/fixtures"
 bash scripts/lambda-watch-test.sh
 cargo build -p chatrun-local --bin chatrun

@@ -315,6 +315,9 @@ async fn one_run(
         .env("AWS_SECRET_ACCESS_KEY", "bench")
         .env("AWS_REGION", "us-east-1")
         .env("RUST_LOG", "warn")
+        // One bench user drives every chat: the per-user limits would refuse it.
+        .env("CHAT_USER_MAX_CONCURRENT_TURNS", "1000000")
+        .env("CHAT_USER_MESSAGES_PER_MINUTE", "1000000")
         .env_remove("CHAT_TOKEN_SECRET")
         .env_remove("OPENAI_API_KEY")
         .env_remove("OPENAI_BASE_URL")

@@ -98,6 +98,9 @@ impl Target {
                     .env("CHAT_OFFLINE_TOKENS_PER_SEC", &rate)
                     .env("CHAT_OFFLINE_REPLY_TOKENS", &tokens)
                     .env("RUST_LOG", "warn")
+                    // One bench user drives every chat: the per-user limits would refuse it.
+                    .env("CHAT_USER_MAX_CONCURRENT_TURNS", "1000000")
+                    .env("CHAT_USER_MESSAGES_PER_MINUTE", "1000000")
                     .env_remove("CHAT_TOKEN_SECRET")
                     .env_remove("OPENAI_API_KEY")
                     .env_remove("OPENAI_BASE_URL")

@@ -3,6 +3,7 @@ import { useChat } from '@ai-sdk/react';
 import type { UIMessage } from 'ai';
 import { useCallback, useEffect, useLayoutEffect, useRef, useState, type KeyboardEvent } from 'react';
 import { ApiError, type Api } from './api';
+import { describeError, type RequestFailure } from './errors';
 import { CopyButton } from './CopyButton';
 import { ArrowDownIcon, ArrowUpIcon, EditIcon, RegenerateIcon, StopIcon } from './icons';
 import { withNewestPage, withOlderPage, type LoadedHistory } from './history';
@@ -528,10 +529,7 @@ function Conversation({
 }
 
 function describe(error: Error): string {
-  const code = (error as { code?: string }).code;
-  if (code === 'timeout') return 'No answer from the server within 10 seconds.';
-  if (code === 'disconnected') return 'The connection dropped before the server answered.';
-  return error.message || 'Something went wrong.';
+  return describeError(error as RequestFailure);
 }
 
 interface MessageProps {

@@ -60,9 +60,21 @@ export class ApiError extends Error {
     readonly status: number,
     readonly code: string,
     message: string,
+    /** With `rate_limited` (429): when the server will accept the request. */
+    readonly retryAfterMs?: number,
   ) {
     super(message);
   }
+}
+
+/** The `ApiError` a failed response's `{"error": {...}}` body describes. */
+function errorOf(response: Response, json: unknown, fallback: string): ApiError {
+  const error = (json as { error?: { code?: string; message?: string; retryAfterMs?: number } }).error ?? {};
+  return new ApiError(response.status, error.code ?? 'internal', error.message ?? fallback, error.retryAfterMs);
+}
+
+async function apiError(response: Response, fallback: string): Promise<ApiError> {
+  return errorOf(response, await response.json().catch(() => ({})), fallback);
 }
 
 export class Api {
@@ -96,7 +108,7 @@ export class Api {
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
     // Bounded, like every call: a reconnect that waits for a token must not wait forever.
     const response = await fetch(`${this.base}/api/session`, { method: 'POST', headers, signal: AbortSignal.timeout(15_000) });
-    if (!response.ok) throw new ApiError(response.status, 'internal', 'could not start a session');
+    if (!response.ok) throw await apiError(response, 'could not start a session');
     const body = (await response.json()) as { token: string; userId: string };
     this.token = body.token;
     localStorage.setItem(TOKEN_KEY, body.token);
@@ -118,10 +130,7 @@ export class Api {
     }
     if (response.status === 204) return undefined as T;
     const json = await response.json().catch(() => ({}));
-    if (!response.ok) {
-      const error = (json as { error?: { code?: string; message?: string } }).error ?? {};
-      throw new ApiError(response.status, error.code ?? 'internal', error.message ?? response.statusText);
-    }
+    if (!response.ok) throw errorOf(response, json, response.statusText);
     return json as T;
   }
 

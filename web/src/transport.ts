@@ -115,6 +115,8 @@ export class ChatRequestError extends Error {
   constructor(
     readonly code: string,
     message: string,
+    /** With `rate_limited`: when the server will accept the request. */
+    readonly retryAfterMs?: number,
   ) {
     super(message);
     this.name = 'ChatRequestError';
@@ -549,7 +551,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
         if (pending && requestId) {
           this.pending.delete(requestId);
           if (frame.type === 'ack') pending.resolve(frame);
-          else pending.reject(new ChatRequestError(frame.code, frame.message));
+          else pending.reject(new ChatRequestError(frame.code, frame.message, frame.retryAfterMs));
         }
         break;
       }

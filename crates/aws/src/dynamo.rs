@@ -11,6 +11,8 @@
 //! | run marker (every run the chat had) | `CHAT#{chatId}` | `RUN#{runId}` |
 //! | StreamEvent | `RUN#{runId}` | `EVT#{firstEventId:012}` |
 //! | Connection | `CONN#{connectionId}` | `CONN` |
+//! | usage window (limits) | `LIMIT#{key}` | `WINDOW` (`windowEnd`, `hits`) |
+//! | usage slots (limits) | `LIMIT#{key}` | `SLOTS` (`slots`: slot id -> expiry, `version`) |
 //!
 //! Messages are one item each so a long chat never meets the 400 KB item limit; the history is
 //! one paginated Query. Writes that must happen once are conditional. `expiresAt` (epoch seconds)
@@ -21,6 +23,8 @@
 //! `$disconnect` read). No list is read, changed and written back, so two subscribes at once
 //! cannot lose one. Every session write also records its run in the chat's partition, so
 //! deleting a chat finds and deletes the events of all its runs, not only the current one.
+//!
+//! The limits' counters (module `usage`) live in the same table, so every function sees one count.
 //!
 //! Key shapes and attribute names live in [`keys`] and [`attr`], nowhere else.
 
@@ -156,6 +160,23 @@ pub mod keys {
     pub fn owner_sk(updated_at: i64, chat_id: &ChatId) -> String {
         format!("{updated_at:013}#{chat_id}")
     }
+    fn limit_pk(key: &str) -> String {
+        format!("LIMIT#{key}")
+    }
+    /// The current window of a usage counter.
+    pub fn usage_window(key: &str) -> Key {
+        Key {
+            pk: limit_pk(key),
+            sk: "WINDOW".into(),
+        }
+    }
+    /// The held slots of a usage counter.
+    pub fn usage_slots(key: &str) -> Key {
+        Key {
+            pk: limit_pk(key),
+            sk: "SLOTS".into(),
+        }
+    }
 }
 
 /// Every attribute name the items carry besides the keys.
@@ -184,6 +205,11 @@ pub mod attr {
     /// Subscriptions as a list on the connection item: written by earlier versions, read only
     /// to clean up after them.
     pub const LEGACY_SUBSCRIPTIONS: &str = "subscriptions";
+    /// A usage window's end (epoch ms) and the actions counted in it.
+    pub const WINDOW_END: &str = "windowEnd";
+    pub const HITS: &str = "hits";
+    /// Held usage slots: a map of slot id to expiry (epoch ms).
+    pub const SLOTS: &str = "slots";
     /// DynamoDB's TTL attribute (epoch seconds).
     pub const EXPIRES_AT: &str = "expiresAt";
     /// The same instant in milliseconds, which reads compare with the clock.
@@ -191,6 +217,8 @@ pub mod attr {
 }
 
 use keys::Key;
+
+mod usage;
 
 /// Attempts at a batch delete before it reports what it could not delete.
 const DELETE_ATTEMPTS: u32 = 8;

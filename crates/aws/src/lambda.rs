@@ -17,7 +17,7 @@ use chatrun_core::domain::TurnJob;
 use chatrun_core::engine::Services;
 use chatrun_core::error::{PostError, QueueError};
 use chatrun_core::hooks::NoHooks;
-use chatrun_core::ports::{ChatStore, Connections, SystemClock, TurnQueue, UuidIds};
+use chatrun_core::ports::{ChatStore, Connections, SystemClock, TurnQueue, UsageCounters, UuidIds};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -148,17 +148,18 @@ pub fn model_catalog(aws: &AwsSettings) -> Result<ModelCatalog, ConfigError> {
     ModelCatalog::from_env(&keyless_model_settings(aws)?)
 }
 
-/// The engine's services on the given store, queue and connections, with the system clock,
-/// UUID ids and no lifecycle hooks.
-pub fn services(
+/// The engine's services on the given store (which also keeps the limits' counters), queue
+/// and connections, with the system clock, UUID ids and no lifecycle hooks.
+pub fn services<S: ChatStore + UsageCounters + 'static>(
     settings: Settings,
     models: ModelCatalog,
-    store: Arc<dyn ChatStore>,
+    store: Arc<S>,
     queue: Arc<dyn TurnQueue>,
     connections: Arc<dyn Connections>,
 ) -> Services {
     Services {
-        store,
+        store: store.clone(),
+        limits: store,
         queue,
         connections,
         hooks: Arc::new(NoHooks),

@@ -259,3 +259,9 @@ async fn concurrent_subscribes_lose_none_and_deletes_leave_nothing_behind() {
     items.sort();
     assert_eq!(items, ["CHAT", "RUN#run-3", "SESSION"]);
 }
+
+#[tokio::test]
+async fn dynamodb_store_passes_the_limits_conformance_suite() {
+    let (_emulator, store) = store().await;
+    chatrun_core::testkit::limits_conformance::run_all(&store).await;
+}

@@ -71,6 +71,17 @@ pub struct Settings {
     /// loopback only when they send it in the `x-chatrun-management-secret` header. Unset:
     /// loopback only.
     pub management_secret: Option<String>,
+    /// `CHAT_USER_MAX_CONCURRENT_TURNS` (3): how many turns of one user may stream or wait in
+    /// the queue at once; one more is refused with `rate_limited`.
+    pub user_max_concurrent_turns: u32,
+    /// `CHAT_USER_MESSAGES_PER_MINUTE` (20): messages (sends, edits, regenerations) one user may
+    /// start per minute; one more is refused with `rate_limited` and its `retryAfterMs`.
+    pub user_messages_per_minute: u32,
+    /// `CHAT_GUEST_SESSIONS_PER_IP_PER_HOUR` (30): new guest users one source address may create
+    /// per hour (`POST /api/session` without a token); one more answers 429. High enough that a
+    /// household or office behind one address never meets it, low enough that a script cannot
+    /// mint users to escape the per-user limits.
+    pub guest_sessions_per_ip_per_hour: u32,
 }
 
 /// A client frame may be at most this large (API Gateway's WebSocket frame size).
@@ -139,6 +150,9 @@ impl Settings {
             retry_backoff: secs("CHAT_RETRY_BACKOFF_SECS", 2)?,
             context_tokens: parse_var("CHAT_CONTEXT_TOKENS", 16_000)?,
             management_secret: var("CHAT_MANAGEMENT_SECRET"),
+            user_max_concurrent_turns: positive("CHAT_USER_MAX_CONCURRENT_TURNS", 3)?,
+            user_messages_per_minute: positive("CHAT_USER_MESSAGES_PER_MINUTE", 20)?,
+            guest_sessions_per_ip_per_hour: positive("CHAT_GUEST_SESSIONS_PER_IP_PER_HOUR", 30)?,
         })
     }
 
@@ -158,7 +172,21 @@ impl Settings {
             retry_backoff: Duration::from_secs(2),
             context_tokens: 16_000,
             management_secret: None,
+            user_max_concurrent_turns: 3,
+            user_messages_per_minute: 20,
+            guest_sessions_per_ip_per_hour: 30,
         }
+    }
+}
+
+/// A limit of at least one: a limit of zero would refuse everything, which no one means.
+fn positive(name: &'static str, default: u32) -> Result<u32, ConfigError> {
+    match parse_var(name, default)? {
+        0 => Err(ConfigError {
+            name,
+            problem: "must be at least 1".into(),
+        }),
+        n => Ok(n),
     }
 }
 

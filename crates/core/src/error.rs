@@ -65,8 +65,12 @@ pub enum ChatError {
     TooLarge(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("{0}")]
-    RateLimited(String),
+    /// A per-user or per-address limit refused the request; nothing of it was stored.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_ms: u64,
+    },
     /// A backend failed; `retryable` says whether trying again may help.
     #[error("{message}")]
     Internal { message: String, retryable: bool },
@@ -81,13 +85,21 @@ impl ChatError {
             ChatError::NotFound(_) => ErrorCode::NotFound,
             ChatError::TooLarge(_) => ErrorCode::TooLarge,
             ChatError::Conflict(_) => ErrorCode::Conflict,
-            ChatError::RateLimited(_) => ErrorCode::RateLimited,
+            ChatError::RateLimited { .. } => ErrorCode::RateLimited,
             ChatError::Internal { .. } => ErrorCode::Internal,
         }
     }
 
     pub fn chat_not_found() -> Self {
         ChatError::NotFound("chat not found".into())
+    }
+
+    /// When to try again, for `rate_limited` (the only code that carries it).
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            ChatError::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
+            _ => None,
+        }
     }
 
     /// Whether the same request may succeed if tried again (used to tell SQS and Lambda).

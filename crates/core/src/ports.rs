@@ -187,6 +187,57 @@ pub trait ChatStore: Send + Sync {
     }
 }
 
+/// Whether a limited action may go ahead ([`UsageCounters`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Counted (or the slot is held): go ahead.
+    Admitted,
+    /// Refused, and nothing was counted. `retry_after_ms` is when a retry is admitted at the
+    /// latest: for a window, when it ends (exact); for slots, when the oldest held one expires
+    /// (an upper bound, since a slot is usually released long before).
+    Refused { retry_after_ms: u64 },
+}
+
+/// Counters behind the per-user and per-address limits, shared by every process of a
+/// deployment (on AWS: items of the table, so every Lambda sees the same counts).
+///
+/// `key` names what is counted (a user's messages, a user's turns, an address's new guests);
+/// windows and slots of the same key are independent. Every method is atomic on its key: two
+/// callers at once can never both take the last unit of a limit. `limit` is at least 1.
+#[async_trait]
+pub trait UsageCounters: Send + Sync {
+    /// Counts one action in `key`'s current window, unless `limit` actions were already counted
+    /// in it. A window opens at the first action after the previous one ended and lasts
+    /// `window` (a fixed window anchored at its first action, not at the clock's minute).
+    /// # Returns
+    /// `Admitted` (counted), or `Refused` with the time until the window ends (nothing counted).
+    async fn count_in_window(
+        &self,
+        key: &str,
+        limit: u32,
+        window: std::time::Duration,
+        now: Millis,
+    ) -> Result<Admission, StoreError>;
+
+    /// Takes one of `key`'s `limit` slots for `slot_id` until `expires_at` (a holder that
+    /// crashes loses it then). Slots past their expiry are free. Claiming a slot `slot_id`
+    /// already holds is admitted and moves its expiry to `expires_at`.
+    /// # Returns
+    /// `Admitted`, or `Refused` with the time until the oldest held slot expires.
+    async fn claim_slot(
+        &self,
+        key: &str,
+        slot_id: &str,
+        limit: u32,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<Admission, StoreError>;
+
+    /// Frees `slot_id`'s slot. Releasing a slot that is not held (never claimed, released,
+    /// expired) succeeds, so every way a turn ends may release it.
+    async fn release_slot(&self, key: &str, slot_id: &str) -> Result<(), StoreError>;
+}
+
 /// The producer side of the durable turn queue (SQS FIFO on AWS).
 #[async_trait]
 pub trait TurnQueue: Send + Sync {

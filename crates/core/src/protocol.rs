@@ -336,6 +336,9 @@ pub enum ServerFrame {
         chat_id: Option<String>,
         code: ErrorCode,
         message: String,
+        /// With `rate_limited` only: when the request would be accepted.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        retry_after_ms: Option<u64>,
     },
     #[serde(rename_all = "camelCase")]
     Pong {
@@ -351,6 +354,7 @@ impl ServerFrame {
             chat_id,
             code: error.code(),
             message: error.client_message(),
+            retry_after_ms: error.retry_after_ms(),
         }
     }
 

@@ -22,7 +22,7 @@ use chatrun_core::domain::{
 use chatrun_core::error::StoreError;
 use chatrun_core::history::{MessagePage, PageLimits, PageReader};
 use chatrun_core::message::UIMessage;
-use chatrun_core::ports::{ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION};
+use chatrun_core::ports::{Admission, ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION, UsageCounters};
 use rusqlite::{OptionalExtension, params};
 
 use crate::db::{Database, DbError};
@@ -74,6 +74,20 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     PRIMARY KEY (chat_id, connection_id)
 );
 CREATE INDEX IF NOT EXISTS subscriptions_by_connection ON subscriptions (connection_id, subscribed_at);
+CREATE TABLE IF NOT EXISTS usage_windows (
+    key TEXT PRIMARY KEY,
+    window_start INTEGER NOT NULL,
+    window_end INTEGER NOT NULL,
+    hits INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_windows_by_end ON usage_windows (window_end);
+CREATE TABLE IF NOT EXISTS usage_slots (
+    key TEXT NOT NULL,
+    slot_id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (key, slot_id)
+);
+CREATE INDEX IF NOT EXISTS usage_slots_by_expiry ON usage_slots (expires_at);
 ";
 
 /// What run-turn reads between frames, mirrored per chat.
@@ -808,6 +822,112 @@ impl ChatStore for SqliteChatStore {
 }
 
 /// The chats a connection is subscribed to.
+/// Each operation runs whole on the database thread, the file's only writer, so a read and the
+/// write it decides are atomic without any condition. Ended windows and expired slots are
+/// deleted as they are met, so the tables hold only what is live (plus one row per key).
+#[async_trait]
+impl UsageCounters for SqliteChatStore {
+    async fn count_in_window(
+        &self,
+        key: &str,
+        limit: u32,
+        window: std::time::Duration,
+        now: Millis,
+    ) -> Result<Admission, StoreError> {
+        let key = key.to_owned();
+        let window = window.as_millis() as i64;
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM usage_windows WHERE window_end <= ?1",
+                params![now],
+            )
+            .map_err(store_error)?;
+            let current: Option<(i64, i64)> = c
+                .query_row(
+                    "SELECT window_end, hits FROM usage_windows WHERE key = ?1",
+                    params![key],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(store_error)?;
+            match current {
+                Some((window_end, hits)) if hits >= i64::from(limit) => Ok(Admission::Refused {
+                    retry_after_ms: (window_end - now) as u64,
+                }),
+                Some(_) => {
+                    c.execute(
+                        "UPDATE usage_windows SET hits = hits + 1 WHERE key = ?1",
+                        params![key],
+                    )
+                    .map_err(store_error)?;
+                    Ok(Admission::Admitted)
+                }
+                None => {
+                    c.execute(
+                        "INSERT INTO usage_windows (key, window_start, window_end, hits) VALUES (?1, ?2, ?3, 1)",
+                        params![key, now, now + window],
+                    )
+                    .map_err(store_error)?;
+                    Ok(Admission::Admitted)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn claim_slot(
+        &self,
+        key: &str,
+        slot_id: &str,
+        limit: u32,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<Admission, StoreError> {
+        let (key, slot_id) = (key.to_owned(), slot_id.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM usage_slots WHERE expires_at <= ?1",
+                params![now],
+            )
+            .map_err(store_error)?;
+            let (held, oldest, holds_this): (i64, Option<i64>, bool) = c
+                .query_row(
+                    "SELECT COUNT(*), MIN(expires_at), COALESCE(SUM(slot_id = ?2), 0) > 0
+                     FROM usage_slots WHERE key = ?1",
+                    params![key, slot_id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .map_err(store_error)?;
+            if !holds_this && held >= i64::from(limit) {
+                return Ok(Admission::Refused {
+                    retry_after_ms: (oldest.unwrap_or(now) - now).max(0) as u64,
+                });
+            }
+            c.execute(
+                "INSERT INTO usage_slots (key, slot_id, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key, slot_id) DO UPDATE SET expires_at = excluded.expires_at",
+                params![key, slot_id, expires_at],
+            )
+            .map_err(store_error)?;
+            Ok(Admission::Admitted)
+        })
+        .await
+    }
+
+    async fn release_slot(&self, key: &str, slot_id: &str) -> Result<(), StoreError> {
+        let (key, slot_id) = (key.to_owned(), slot_id.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM usage_slots WHERE key = ?1 AND slot_id = ?2",
+                params![key, slot_id],
+            )
+            .map_err(store_error)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 fn chats_of(c: &rusqlite::Connection, connection_id: &str) -> Result<Vec<String>, StoreError> {
     let mut stmt = c
         .prepare_cached("SELECT chat_id FROM subscriptions WHERE connection_id = ?1")

@@ -92,3 +92,10 @@ async fn store_and_queue_survive_a_restart() {
         job
     );
 }
+
+#[tokio::test]
+async fn the_sqlite_store_passes_the_limits_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteChatStore::open(dir.path().join("store.sqlite3")).unwrap();
+    chatrun_core::testkit::limits_conformance::run_all(&store).await;
+}

@@ -10,7 +10,8 @@ use chatrun_core::config::{ModelCatalog, Settings};
 use chatrun_core::engine::Services;
 use chatrun_core::hooks::NoHooks;
 use chatrun_core::ports::{
-    ChatStore, Connections, JobVisibility, SystemClock, TurnQueue, TurnQueueConsumer, UuidIds,
+    ChatStore, Connections, JobVisibility, SystemClock, TurnQueue, TurnQueueConsumer,
+    UsageCounters, UuidIds,
 };
 use chatrun_embedded::{InProcessConnections, SqliteChatStore, SqliteTurnQueue};
 
@@ -27,15 +28,16 @@ pub struct Backend {
     pub close: Arc<dyn Fn() + Send + Sync>,
 }
 
-fn services(
+fn services<S: ChatStore + UsageCounters + 'static>(
     settings: Arc<Settings>,
     models: Arc<ModelCatalog>,
-    store: Arc<dyn ChatStore>,
+    store: Arc<S>,
     queue: Arc<dyn TurnQueue>,
     connections: Arc<dyn Connections>,
 ) -> Services {
     Services {
-        store,
+        store: store.clone(),
+        limits: store,
         queue,
         connections,
         hooks: Arc::new(NoHooks),

@@ -5,14 +5,18 @@
 //! `index.html` for client-side routes such as `/c/{chatId}` (CloudFront does the same with an
 //! error response), or a short page saying how to build it.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
+use lambda_http::RequestExt;
+use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext;
+use lambda_http::request::RequestContext;
 use tower_http::services::{ServeDir, ServeFile};
 
 use crate::gateway::Gateway;
@@ -20,7 +24,11 @@ use crate::gateway::Gateway;
 /// Request bodies of the HTTP API are small; API Gateway's own limit is 10 MB.
 const MAX_API_BODY: usize = 1024 * 1024;
 
-pub async fn api_proxy(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
+pub async fn api_proxy(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_API_BODY).await else {
         return (
@@ -38,8 +46,9 @@ pub async fn api_proxy(State(gateway): State<Arc<Gateway>>, request: Request) ->
             Err(e) => lambda_http::Body::Binary(e.into_bytes()),
         }
     };
-    let response =
-        chatrun_api::handle(&gateway.api, lambda_http::Request::from_parts(parts, body)).await;
+    let request =
+        lambda_http::Request::from_parts(parts, body).with_request_context(http_api_context(peer));
+    let response = chatrun_api::handle(&gateway.api, request).await;
     let (parts, body) = response.into_parts();
     let body = match body {
         lambda_http::Body::Text(text) => Body::from(text),
@@ -47,6 +56,14 @@ pub async fn api_proxy(State(gateway): State<Arc<Gateway>>, request: Request) ->
         _ => Body::empty(),
     };
     Response::from_parts(parts, body)
+}
+
+/// The request context API Gateway's HTTP API gives the function, as far as the api function
+/// reads it: the caller's address (what the guest-sessions-per-address limit counts).
+fn http_api_context(peer: SocketAddr) -> RequestContext {
+    let mut context = ApiGatewayV2httpRequestContext::default();
+    context.http.source_ip = Some(peer.ip().to_string());
+    RequestContext::ApiGatewayV2(context)
 }
 
 const NOT_BUILT: &str = r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>chatrun</title></head>

@@ -7,7 +7,8 @@ use chatrun_core::domain::ChatId;
 use chatrun_core::engine::{Services, api};
 use chatrun_core::error::ChatError;
 use lambda_http::http::{Method, StatusCode, header};
-use lambda_http::{Body, Request, Response};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Serialize;
 
 /// The largest request body accepted (a rename is a few bytes).
@@ -34,10 +35,27 @@ fn error(e: &ChatError) -> Response<Body> {
     }
     let status =
         StatusCode::from_u16(e.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json(
-        status,
-        &serde_json::json!({"error": {"code": e.code(), "message": e.client_message()}}),
-    )
+    let mut body = serde_json::json!({"error": {"code": e.code(), "message": e.client_message()}});
+    let Some(retry_after_ms) = e.retry_after_ms() else {
+        return json(status, &body);
+    };
+    body["error"]["retryAfterMs"] = retry_after_ms.into();
+    let mut response = json(status, &body);
+    // HTTP's Retry-After is in whole seconds: round up, so a client never retries too early.
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from(retry_after_ms.div_ceil(1000)),
+    );
+    response
+}
+
+/// The caller's address as API Gateway's HTTP API saw it (`requestContext.http.sourceIp`); the
+/// local gateway sets the same field from the TCP peer.
+fn source_ip(request: &Request) -> Option<&str> {
+    match request.request_context_ref()? {
+        RequestContext::ApiGatewayV2(context) => context.http.source_ip.as_deref(),
+        _ => None,
+    }
 }
 
 fn bearer(request: &Request) -> Option<&str> {
@@ -97,7 +115,7 @@ async fn route(deps: &ApiDeps, request: &Request) -> Result<Response<Body>, Chat
         }
         (&Method::POST, ["api", "session"]) => Ok(json(
             StatusCode::OK,
-            &api::create_session(s, bearer(request)).await?,
+            &api::create_session(s, bearer(request), source_ip(request)).await?,
         )),
         (&Method::POST, ["api", "session", "revoke"]) => {
             let principal = api::authenticate(s, bearer(request)).await?;

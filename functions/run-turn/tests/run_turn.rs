@@ -32,7 +32,12 @@ struct Harness {
 }
 
 fn settings() -> Settings {
-    Settings::with_secret("secret-secret-secret-secret-secret")
+    let mut settings = Settings::with_secret("secret-secret-secret-secret-secret");
+    // One user drives every chat of a batch here; the limits are tested in core and
+    // crates/local/tests/limits.rs.
+    settings.user_max_concurrent_turns = u32::MAX;
+    settings.user_messages_per_minute = u32::MAX;
+    settings
 }
 
 async fn harness() -> Harness {

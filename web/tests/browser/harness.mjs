@@ -57,6 +57,11 @@ export async function startServer({ tokensPerSec = 12, models = [], replyTokens 
           OPENAI_BASE_URL: '',
           ANTHROPIC_API_KEY: '',
           RUST_LOG: 'warn',
+          // The suites open many pages (a guest each) and send many messages from one address;
+          // the limits themselves are tested in crates/local/tests/limits.rs and vitest.
+          CHAT_USER_MAX_CONCURRENT_TURNS: '1000000',
+          CHAT_USER_MESSAGES_PER_MINUTE: '1000000',
+          CHAT_GUEST_SESSIONS_PER_IP_PER_HOUR: '1000000',
         },
         stdio: ['ignore', 'ignore', 'inherit'],
       });

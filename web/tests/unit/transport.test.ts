@@ -203,6 +203,19 @@ describe('WebSocketChatTransport', () => {
     t.close();
   });
 
+  it('rejects a rate-limited send with the code and when to retry', async () => {
+    const t = transport();
+    const promise = t.sendMessages({ trigger: 'submit-message', chatId: 'c1', messageId: undefined, messages: [user], abortSignal: undefined });
+    await tick();
+    const socket = FakeSocket.all[0];
+    socket.emit({
+      type: 'error', requestId: socket.last('send-message').requestId, chatId: 'c1', code: 'rate_limited',
+      message: 'at most 20 messages a minute', retryAfterMs: 40_000,
+    });
+    await expect(promise).rejects.toMatchObject({ code: 'rate_limited', message: 'at most 20 messages a minute', retryAfterMs: 40_000 });
+    t.close();
+  });
+
   it('reconnectToStream resumes a running turn from the session and returns null when idle', async () => {
     const chunks: UIMessageChunk[] = load('text.chunks.json');
     const idle = transport({ runId: 'run1', lastEventId: 9, streaming: false, assistantMessageId: null });

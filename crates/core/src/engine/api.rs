@@ -166,10 +166,15 @@ fn require_user(principal: &Principal) -> Result<(), ChatError> {
 }
 
 /// `POST /api/session`: a fresh user token for the bearer's user when the bearer is a valid
-/// user token, else for a new guest.
+/// user token, else for a new guest, counted against `source_ip`'s guests per hour.
 /// # Errors
-/// `forbidden` for a run-scoped access token (it must not turn into its user's token).
-pub async fn create_session(s: &Services, bearer: Option<&str>) -> Result<SessionGrant, ChatError> {
+/// `forbidden` for a run-scoped access token (it must not turn into its user's token);
+/// `rate_limited` when `source_ip` made too many guests this hour.
+pub async fn create_session(
+    s: &Services,
+    bearer: Option<&str>,
+    source_ip: Option<&str>,
+) -> Result<SessionGrant, ChatError> {
     let now = s.now();
     let principal = match bearer {
         Some(token) => match verify_token(s, token).await {
@@ -182,9 +187,13 @@ pub async fn create_session(s: &Services, bearer: Option<&str>) -> Result<Sessio
     if let Some(principal) = &principal {
         require_user(principal)?;
     }
-    let user_id = principal
-        .map(|p| p.user_id)
-        .unwrap_or_else(|| format!("guest-{}", s.ids.new_id()));
+    let user_id = match principal {
+        Some(principal) => principal.user_id,
+        None => {
+            super::limits::admit_guest(s, source_ip).await?;
+            format!("guest-{}", s.ids.new_id())
+        }
+    };
     Ok(SessionGrant {
         token: s
             .tokens
@@ -368,7 +377,17 @@ pub async fn delete_chat(
             }
         }
     }
+    // A turn the deletion cut short never reaches onTurnComplete: free its slot here.
+    let running_turn = s
+        .store
+        .get_session(chat_id)
+        .await?
+        .filter(|session| session.streaming)
+        .and_then(|session| session.assistant_message_id);
     s.store.delete_chat(chat_id).await?;
+    if let Some(turn_id) = running_turn {
+        super::limits::release_turn_slot(s, &principal.user_id, &turn_id).await;
+    }
     Ok(())
 }
 
@@ -635,7 +654,7 @@ mod tests {
     async fn revoking_refuses_every_earlier_token_and_keeps_the_fresh_one() {
         let t = services(Settings::with_secret(SECRET));
         let s = &t.services;
-        let first = create_session(s, None).await.unwrap();
+        let first = create_session(s, None, None).await.unwrap();
         let chat_id = ChatId::parse("c1").unwrap();
         let run = s
             .tokens
@@ -655,7 +674,7 @@ mod tests {
             first.user_id
         );
         // A refused token asking for a session gets a new guest, not the revoked user back.
-        let renewed = create_session(s, Some(&first.token)).await.unwrap();
+        let renewed = create_session(s, Some(&first.token), None).await.unwrap();
         assert_ne!(renewed.user_id, first.user_id);
         // An access token never turns into a user token.
         let run_now = s.tokens.run_token(
@@ -667,7 +686,10 @@ mod tests {
         );
         t.clock.advance(10);
         assert_eq!(
-            create_session(s, Some(&run_now)).await.unwrap_err().code(),
+            create_session(s, Some(&run_now), None)
+                .await
+                .unwrap_err()
+                .code(),
             crate::error::ErrorCode::Forbidden
         );
     }

@@ -7,9 +7,11 @@
 //!   (onTurnComplete) that streams, persists and fans out frames; dead letters.
 //! - [`stream`]: `resume` (subscribe, then replay) and `unsubscribe`.
 //! - [`api`]: the operations behind the HTTP API.
+//! - [`limits`]: the per-user and per-address limits (`rate_limited`).
 
 pub mod api;
 pub mod connection;
+pub mod limits;
 pub mod stream;
 pub mod turn;
 pub mod websocket;
@@ -21,13 +23,15 @@ use crate::config::{ModelCatalog, Settings};
 use crate::domain::{Chat, ChatId, Connection, Grant, Millis};
 use crate::error::{ChatError, PostError};
 use crate::hooks::LifecycleHooks;
-use crate::ports::{ChatStore, Clock, Connections, IdGenerator, TurnQueue};
+use crate::ports::{ChatStore, Clock, Connections, IdGenerator, TurnQueue, UsageCounters};
 use crate::protocol::ServerFrame;
 
 /// What every handler works with. Built once per process (Lambda cold start, local gateway).
 #[derive(Clone)]
 pub struct Services {
     pub store: Arc<dyn ChatStore>,
+    /// The counters behind the limits (on the same backend as the store).
+    pub limits: Arc<dyn UsageCounters>,
     pub queue: Arc<dyn TurnQueue>,
     pub connections: Arc<dyn Connections>,
     pub hooks: Arc<dyn LifecycleHooks>,

@@ -18,7 +18,8 @@ use crate::history::{MessagePage, PageLimits, PageReader};
 use crate::hooks::NoHooks;
 use crate::message::UIMessage;
 use crate::ports::{
-    ChatStore, Clock, Connections, IdGenerator, MAX_SUBSCRIPTIONS_PER_CONNECTION, TurnQueue,
+    Admission, ChatStore, Clock, Connections, IdGenerator, MAX_SUBSCRIPTIONS_PER_CONNECTION,
+    TurnQueue, UsageCounters,
 };
 
 #[derive(Default)]
@@ -31,6 +32,10 @@ struct State {
     /// connection id -> (chat id, subscribed at, expires at, order), in subscription order.
     subscriptions: HashMap<String, Vec<(ChatId, Millis, Millis, u64)>>,
     order: u64,
+    /// Usage windows: key -> (window start, window end, actions counted).
+    windows: HashMap<String, (Millis, Millis, u32)>,
+    /// Usage slots: key -> slot id -> expiry.
+    slots: HashMap<String, HashMap<String, Millis>>,
 }
 
 /// A `ChatStore` in memory.
@@ -510,6 +515,62 @@ impl Clock for ManualClock {
     }
 }
 
+#[async_trait]
+impl UsageCounters for MemoryChatStore {
+    async fn count_in_window(
+        &self,
+        key: &str,
+        limit: u32,
+        window: std::time::Duration,
+        now: Millis,
+    ) -> Result<Admission, StoreError> {
+        self.with(|s| {
+            let entry = s.windows.entry(key.to_owned()).or_insert((now, now, 0));
+            if entry.1 <= now {
+                *entry = (now, now + window.as_millis() as Millis, 0);
+            }
+            if entry.2 >= limit {
+                return Ok(Admission::Refused {
+                    retry_after_ms: (entry.1 - now) as u64,
+                });
+            }
+            entry.2 += 1;
+            Ok(Admission::Admitted)
+        })
+    }
+
+    async fn claim_slot(
+        &self,
+        key: &str,
+        slot_id: &str,
+        limit: u32,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<Admission, StoreError> {
+        self.with(|s| {
+            let slots = s.slots.entry(key.to_owned()).or_default();
+            slots.retain(|_, expiry| *expiry > now);
+            if !slots.contains_key(slot_id) && slots.len() >= limit as usize {
+                let oldest = slots.values().min().copied().unwrap_or(now);
+                return Ok(Admission::Refused {
+                    retry_after_ms: (oldest - now).max(0) as u64,
+                });
+            }
+            slots.insert(slot_id.to_owned(), expires_at);
+            Ok(Admission::Admitted)
+        })
+    }
+
+    async fn release_slot(&self, key: &str, slot_id: &str) -> Result<(), StoreError> {
+        self.with(|s| {
+            if let Some(slots) = s.slots.get_mut(key) {
+                slots.remove(slot_id);
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Ids `id-1`, `id-2`, ...
 #[derive(Debug, Default)]
 pub struct SequentialIds(AtomicU64);
@@ -537,6 +598,7 @@ pub fn services(settings: Settings) -> TestServices {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
     let services = Services {
         store: store.clone(),
+        limits: store.clone(),
         queue: queue.clone(),
         connections: connections.clone(),
         hooks: Arc::new(NoHooks),

@@ -42,6 +42,11 @@ async fn aws_backend(options: &mut ServeOptions) -> Vec<chatrun_aws::emulators::
 pub fn options(dir: &std::path::Path, tokens_per_sec: f64) -> ServeOptions {
     let mut settings = Settings::with_secret(SECRET);
     settings.frame_interval = Duration::from_millis(30);
+    // The suites drive hundreds of turns from one guest and many guests from one address; only
+    // tests/limits.rs is about the limits, and it sets its own.
+    settings.user_max_concurrent_turns = u32::MAX;
+    settings.user_messages_per_minute = u32::MAX;
+    settings.guest_sessions_per_ip_per_hour = u32::MAX;
     let mut options = ServeOptions::new(
         dir.to_path_buf(),
         settings,

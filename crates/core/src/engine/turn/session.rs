@@ -2,7 +2,7 @@
 //! write conditional on the version read, retried after a lost race; so two sends, a send and a
 //! stop, or two workers of one job can never both win the same step.
 
-use super::super::Services;
+use super::super::{Services, limits};
 use crate::domain::{ChatId, ChatSession, Connection, EndedReason, Millis, SessionStatus, TurnJob};
 use crate::error::{ChatError, StoreError};
 
@@ -45,6 +45,11 @@ pub async fn begin_turn(
     for _ in 0..CAS_ATTEMPTS {
         let current = s.store.get_session(chat_id).await?;
         let expected = current.as_ref().map(|c| c.version);
+        // A stale turn this write replaces: its worker is gone, so nothing else frees its slot.
+        let superseded = current
+            .as_ref()
+            .filter(|c| c.streaming)
+            .and_then(|c| c.assistant_message_id.clone());
         let next = match current {
             Some(current) if !current.is_over(now) && !is_stale(s, &current, now) => {
                 if current.streaming {
@@ -96,7 +101,12 @@ pub async fn begin_turn(
             }
         };
         match s.store.put_session(&next, expected).await {
-            Ok(stored) => return Ok(stored),
+            Ok(stored) => {
+                if let Some(turn_id) = superseded {
+                    limits::release_turn_slot(s, &conn.owner_id, &turn_id).await;
+                }
+                return Ok(stored);
+            }
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -179,7 +189,8 @@ pub async fn claim(s: &Services, job: &TurnJob) -> Result<Option<ChatSession>, C
 }
 
 /// onTurnComplete's session step: the turn is over, `lastEventId` moves to its end, a fresh
-/// access token is issued, and the session ends on `fail` or when it reached max turns.
+/// access token is issued, and the session ends on `fail` or when it reached max turns. The
+/// turn's slot of the user's concurrent-turn limit is freed.
 ///
 /// # Returns
 /// The updated session, or `None` when the session no longer runs this turn (another attempt
@@ -219,6 +230,8 @@ pub async fn finish_turn(
         true
     })
     .await?;
+    // Also when another attempt finished it first: releasing is idempotent.
+    limits::release_turn_slot(s, owner_id, &job.assistant_message_id).await;
     Ok(session.filter(|_| changed))
 }
 

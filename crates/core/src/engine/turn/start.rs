@@ -7,7 +7,7 @@
 //! once its turn is claimed. The user's message is stored before the job is queued, so a
 //! refresh always shows it.
 
-use super::super::Services;
+use super::super::{Services, limits};
 use super::session::{begin_turn, is_stale, release_turn, update_session};
 use crate::config::{MAX_TITLE_CHARS, is_valid_model_id};
 use crate::domain::{Chat, ChatId, Connection, Grant, Trigger, TurnJob};
@@ -79,7 +79,8 @@ impl HistoryChange {
 /// # Errors
 /// `forbidden` for a run-scoped token; `not_found` for someone else's chat or a message id the
 /// chat does not have; `conflict` while a reply is streaming or for a message id that was
-/// already sent (nothing of the request is stored); `bad_request` for a malformed request.
+/// already sent (nothing of the request is stored); `bad_request` for a malformed request;
+/// `rate_limited` past the user's concurrent-turn or per-minute limit (nothing stored).
 pub async fn send_message(
     s: &Services,
     conn: &Connection,
@@ -111,6 +112,42 @@ pub async fn send_message(
     }
     let change = plan_change(s, chat_id, existing_chat.is_some(), req).await?;
 
+    // The limits come after every read-only refusal (so a malformed or conflicting request
+    // uses up nothing) and before the first write (so a refused one stores nothing).
+    let assistant_message_id = s.ids.new_id();
+    limits::admit_turn(s, &conn.owner_id, &assistant_message_id).await?;
+    let started = start_turn(
+        s,
+        conn,
+        req,
+        existing_chat.as_ref(),
+        &turn_model,
+        change,
+        assistant_message_id.clone(),
+        now,
+    )
+    .await;
+    if started.is_err() {
+        // No job was queued, so no worker will ever end this turn and free its slot.
+        limits::release_turn_slot(s, &conn.owner_id, &assistant_message_id).await;
+    }
+    started
+}
+
+/// The writes of [`send_message`], once the limits admitted it: `existing_chat` is the chat as
+/// read before (`None`: create it), `turn_model` the model this turn answers with.
+#[allow(clippy::too_many_arguments)]
+async fn start_turn(
+    s: &Services,
+    conn: &Connection,
+    req: &SendMessage,
+    existing_chat: Option<&Chat>,
+    turn_model: &str,
+    change: HistoryChange,
+    assistant_message_id: String,
+    now: crate::domain::Millis,
+) -> Result<ServerFrame, ChatError> {
+    let chat_id = &req.chat_id;
     let mut new_chat = None;
     if existing_chat.is_none() {
         let message = change.user_message();
@@ -118,7 +155,7 @@ pub async fn send_message(
             id: chat_id.clone(),
             owner_id: conn.owner_id.clone(),
             title: title_from(message),
-            model: turn_model.clone(),
+            model: turn_model.to_owned(),
             created_at: now,
             updated_at: now,
             message_count: 0,
@@ -136,14 +173,13 @@ pub async fn send_message(
     }
 
     let user_message_id = change.user_message().id.clone();
-    let assistant_message_id = s.ids.new_id();
     let session = begin_turn(
         s,
         conn,
         chat_id,
         &user_message_id,
         &assistant_message_id,
-        &turn_model,
+        turn_model,
         now,
     )
     .await?;
@@ -165,8 +201,8 @@ pub async fn send_message(
         matches!(change, HistoryChange::Append(_)).then_some((chat_id, &user_message_id));
     // A new model becomes the chat's only now that its turn is claimed: a refused send changes
     // nothing, and a refresh shows the model the running turn uses.
-    if let Some(chat) = existing_chat.as_ref().filter(|c| c.model != turn_model) {
-        if let Err(error) = s.store.set_chat_model(chat_id, &turn_model).await {
+    if let Some(chat) = existing_chat.filter(|c| c.model != turn_model) {
+        if let Err(error) = s.store.set_chat_model(chat_id, turn_model).await {
             undo.run(s).await;
             return Err(error.into());
         }
