@@ -82,6 +82,11 @@ pub struct Settings {
     /// household or office behind one address never meets it, low enough that a script cannot
     /// mint users to escape the per-user limits.
     pub guest_sessions_per_ip_per_hour: u32,
+    /// `CHAT_CONNECTION_RESUMES_PER_MINUTE` (60): `resume` requests one connection may make per
+    /// minute; one more is refused with `rate_limited`. A page resumes each chat it follows once
+    /// per connection and again only for a gap, so it stays far below; a client asking for a
+    /// run's replay in a loop (an amplifier: small request, large answer) does not.
+    pub connection_resumes_per_minute: u32,
 }
 
 /// A client frame may be at most this large (API Gateway's WebSocket frame size).
@@ -153,6 +158,7 @@ impl Settings {
             user_max_concurrent_turns: positive("CHAT_USER_MAX_CONCURRENT_TURNS", 3)?,
             user_messages_per_minute: positive("CHAT_USER_MESSAGES_PER_MINUTE", 20)?,
             guest_sessions_per_ip_per_hour: positive("CHAT_GUEST_SESSIONS_PER_IP_PER_HOUR", 30)?,
+            connection_resumes_per_minute: positive("CHAT_CONNECTION_RESUMES_PER_MINUTE", 60)?,
         })
     }
 
@@ -175,6 +181,7 @@ impl Settings {
             user_max_concurrent_turns: 3,
             user_messages_per_minute: 20,
             guest_sessions_per_ip_per_hour: 30,
+            connection_resumes_per_minute: 60,
         }
     }
 }

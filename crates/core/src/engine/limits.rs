@@ -11,6 +11,8 @@
 //!   dead letter, a failed start, a deleted chat, a stale turn replaced by a new session); a
 //!   crashed worker's slot frees itself at the same moment its session would be taken over.
 //! - New guest users per source address per hour: a fixed window like the messages'.
+//! - `resume` requests per connection per minute: a fixed window like the messages', so that
+//!   replays (a small request for a large answer) cannot be asked for in a loop.
 
 use std::time::Duration;
 
@@ -32,6 +34,10 @@ fn turns_key(owner_id: &str) -> String {
 
 fn messages_key(owner_id: &str) -> String {
     format!("messages#{owner_id}")
+}
+
+fn resumes_key(connection_id: &str) -> String {
+    format!("resumes#{connection_id}")
 }
 
 fn guests_key(source_ip: &str) -> String {
@@ -112,6 +118,24 @@ pub async fn admit_guest(s: &Services, source_ip: Option<&str>) -> Result<(), Ch
         Admission::Admitted => Ok(()),
         Admission::Refused { retry_after_ms } => Err(ChatError::RateLimited {
             message: "too many new guest sessions from this address".into(),
+            retry_after_ms: retry_after_ms.max(1),
+        }),
+    }
+}
+
+/// Admits one `resume` on `connection_id`.
+/// # Errors
+/// `rate_limited` with `retry_after_ms` when the connection resumed too often this minute.
+pub async fn admit_resume(s: &Services, connection_id: &str) -> Result<(), ChatError> {
+    let per_minute = s.settings.connection_resumes_per_minute;
+    match s
+        .limits
+        .count_in_window(&resumes_key(connection_id), per_minute, MINUTE, s.now())
+        .await?
+    {
+        Admission::Admitted => Ok(()),
+        Admission::Refused { retry_after_ms } => Err(ChatError::RateLimited {
+            message: format!("at most {per_minute} resumes a minute on one connection"),
             retry_after_ms: retry_after_ms.max(1),
         }),
     }

@@ -18,6 +18,7 @@ const REPLAY_FRAME_BYTES: usize = MAX_CLIENT_FRAME_BYTES - 1024;
 pub async fn resume(s: &Services, conn: &Connection, req: &Resume) -> Result<(), ChatError> {
     s.owned_chat(&conn.owner_id, &conn.grant, &req.chat_id)
         .await?;
+    super::limits::admit_resume(s, &conn.connection_id).await?;
     let now = s.now();
     s.store
         .subscribe(&req.chat_id, &conn.connection_id, now, conn.expires_at)
@@ -332,6 +333,41 @@ mod tests {
         // Asking from a turn boundary of the run (event 20 ended turn 2) replays from there.
         let (_, ids) = replay_of(31, true, Some("r1"), 20).await;
         assert_eq!(ids, (21..=40).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn resumes_on_one_connection_are_limited_per_minute() {
+        let mut settings = crate::config::Settings::with_secret("0123456789abcdef0123456789abcdef");
+        settings.connection_resumes_per_minute = 3;
+        let t = crate::testkit::memory::services(settings);
+        let conn = seed_run(&t.services, 1, true, 2, "word ").await;
+        let req = Resume {
+            request_id: None,
+            chat_id: crate::domain::ChatId::parse("c1").unwrap(),
+            run_id: Some("r1".into()),
+            last_event_id: 0,
+        };
+        for _ in 0..3 {
+            resume(&t.services, &conn, &req)
+                .await
+                .expect("within the limit");
+        }
+        let delivered = t.connections.frames_of("k1").len();
+        match resume(&t.services, &conn, &req).await {
+            Err(ChatError::RateLimited { retry_after_ms, .. }) => {
+                assert!(retry_after_ms > 0 && retry_after_ms <= 60_000);
+            }
+            other => panic!("the fourth resume in a minute is refused: {other:?}"),
+        }
+        assert_eq!(
+            t.connections.frames_of("k1").len(),
+            delivered,
+            "a refused resume replays nothing"
+        );
+        t.clock.advance(61_000);
+        resume(&t.services, &conn, &req)
+            .await
+            .expect("a new minute, a new window");
     }
 
     #[tokio::test]
