@@ -3,6 +3,9 @@
 //! The local gateway converts its axum requests into the same `lambda_http::Request` and calls
 //! [`handle`], so one router serves both.
 
+#[cfg(feature = "lambda")]
+pub mod wiring;
+
 use chatrun_core::domain::ChatId;
 use chatrun_core::engine::{Services, api};
 use chatrun_core::error::ChatError;

@@ -3,6 +3,9 @@
 //! `$connect` runs before the socket opens: a non-2xx answer refuses it (the browser sees the
 //! socket fail, never the status), so the token is checked here and nowhere later.
 
+#[cfg(feature = "lambda")]
+pub mod wiring;
+
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
 use chatrun_core::engine::{Services, connection};

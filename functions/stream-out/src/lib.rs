@@ -1,6 +1,9 @@
 //! The `stream-out` function: the `resume`, `unsubscribe` and `ping` routes, and `$default`
 //! (malformed frames and unknown actions land there and get an `error` frame).
 
+#[cfg(feature = "lambda")]
+pub mod wiring;
+
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use chatrun_core::engine::websocket::{accept_frame, reply_error};
 use chatrun_core::engine::{Services, stream};
