@@ -1,6 +1,6 @@
 # The commands of the README: `make run` and `make test`; `make deploy` and `make destroy` for
 # AWS (infra/README.md).
-.PHONY: run test deploy destroy bench
+.PHONY: run test deploy destroy bench fuzz
 
 run:
 	bash scripts/run.sh
@@ -17,3 +17,7 @@ destroy:
 # The figures of BENCHMARKS.md (release build; takes several minutes).
 bench:
 	bash bench/run.sh $(BENCH_ARGS)
+
+# The fuzz targets (nightly; installs cargo-fuzz when missing): FUZZ_SECS seconds each.
+fuzz:
+	bash scripts/fuzz.sh

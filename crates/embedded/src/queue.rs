@@ -43,9 +43,10 @@ CREATE TABLE IF NOT EXISTS queue_messages (
     receive_count INTEGER NOT NULL DEFAULT 0,
     receipt TEXT
 );
-CREATE INDEX IF NOT EXISTS queue_messages_by_queue ON queue_messages (queue, seq);
 -- A receive reads only what can be handed out, and asks each candidate's group whether an
 -- earlier message waits or is in flight; deletes and heartbeats find a message by receipt.
+-- (queue, seq) served the old full scan; nothing reads it now, and every write paid for it.
+DROP INDEX IF EXISTS queue_messages_by_queue;
 CREATE INDEX IF NOT EXISTS queue_messages_by_visibility ON queue_messages (queue, visible_at);
 CREATE INDEX IF NOT EXISTS queue_messages_by_group ON queue_messages (queue, group_id, seq);
 CREATE INDEX IF NOT EXISTS queue_messages_by_receipt ON queue_messages (receipt);
