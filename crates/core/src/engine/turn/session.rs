@@ -241,7 +241,26 @@ mod tests {
     use crate::config::Settings;
     use crate::domain::{Grant, Trigger};
     use crate::ports::Clock;
-    use crate::testkit::memory::services;
+    use crate::testkit::memory::{TestServices, services};
+
+    /// `begin_turn` for a new connection of the chat's owner, now, on the scripted model.
+    async fn begin(
+        t: &TestServices,
+        chat: &ChatId,
+        user_message_id: &str,
+        assistant_message_id: &str,
+    ) -> Result<ChatSession, ChatError> {
+        begin_turn(
+            &t.services,
+            &connection(),
+            chat,
+            user_message_id,
+            assistant_message_id,
+            "scripted",
+            t.clock.now(),
+        )
+        .await
+    }
 
     fn connection() -> Connection {
         Connection {
@@ -281,31 +300,11 @@ mod tests {
     async fn a_stale_turn_gives_way_to_a_new_session() {
         let t = services(Settings::with_secret("s".repeat(32)));
         let chat = ChatId::parse("chat-1").unwrap();
-        let first = begin_turn(
-            &t.services,
-            &connection(),
-            &chat,
-            "u1",
-            "a1",
-            "scripted",
-            t.clock.now(),
-        )
-        .await
-        .unwrap();
+        let first = begin(&t, &chat, "u1", "a1").await.unwrap();
         assert!(claim(&t.services, &job(&first)).await.unwrap().is_some());
         // Past the stale limit the worker is presumed gone: a new send starts a new run.
         t.clock.advance(961_000);
-        let second = begin_turn(
-            &t.services,
-            &connection(),
-            &chat,
-            "u2",
-            "a2",
-            "scripted",
-            t.clock.now(),
-        )
-        .await
-        .unwrap();
+        let second = begin(&t, &chat, "u2", "a2").await.unwrap();
         assert_ne!(second.run_id, first.run_id);
         // The stale worker can no longer claim or finish its turn.
         assert!(claim(&t.services, &job(&first)).await.unwrap().is_none());
@@ -321,17 +320,7 @@ mod tests {
         settings.max_turns = 1;
         let t = services(settings);
         let chat = ChatId::parse("chat-1").unwrap();
-        let session = begin_turn(
-            &t.services,
-            &connection(),
-            &chat,
-            "u1",
-            "a1",
-            "scripted",
-            t.clock.now(),
-        )
-        .await
-        .unwrap();
+        let session = begin(&t, &chat, "u1", "a1").await.unwrap();
         let done = finish_turn(
             &t.services,
             &job(&session),
@@ -369,29 +358,9 @@ mod tests {
     async fn a_released_turn_lets_the_user_send_again() {
         let t = services(Settings::with_secret("s".repeat(32)));
         let chat = ChatId::parse("chat-1").unwrap();
-        let session = begin_turn(
-            &t.services,
-            &connection(),
-            &chat,
-            "u1",
-            "a1",
-            "scripted",
-            t.clock.now(),
-        )
-        .await
-        .unwrap();
+        let session = begin(&t, &chat, "u1", "a1").await.unwrap();
         release_turn(&t.services, &session, "a1").await.unwrap();
-        let next = begin_turn(
-            &t.services,
-            &connection(),
-            &chat,
-            "u2",
-            "a2",
-            "scripted",
-            t.clock.now(),
-        )
-        .await
-        .unwrap();
+        let next = begin(&t, &chat, "u2", "a2").await.unwrap();
         assert_eq!(next.run_id, session.run_id, "the same session goes on");
     }
 }
