@@ -39,6 +39,11 @@ pub struct ChatOutcome {
     /// Send to first text delta, in µs: turn 1, then steady turns.
     pub burst_first_token: Vec<u32>,
     pub steady_first_token: Vec<u32>,
+    /// Steady turns over WebSocket: send to `ack` (the message is stored and its turn queued)
+    /// and send to `turn-started` (a worker has begun the turn), in µs, to show which stage of
+    /// the first token's path the time goes to.
+    pub steady_ack: Vec<u32>,
+    pub steady_started: Vec<u32>,
     /// Gaps between consecutive frames of one streaming reply, in µs.
     pub gaps: Vec<u32>,
     /// Words in each reply (verify only).
@@ -199,6 +204,8 @@ async fn websocket_turns(
         let sent = Instant::now();
         ws.send(Message::Text(request.to_string().into())).await?;
         let mut first_token = None;
+        let mut acked = None;
+        let mut started = None;
         let mut last_frame: Option<Instant> = None;
         let mut text = String::new();
         loop {
@@ -223,6 +230,8 @@ async fn websocket_turns(
                         text.push_str(&delta_text(&frame));
                     }
                 }
+                "ack" => acked = acked.or(Some(now - sent)),
+                "turn-started" => started = started.or(Some(now - sent)),
                 "turn-complete" => break,
                 "error" | "session-ended" => bail!("turn {turn}: {frame}"),
                 _ => {}
@@ -233,6 +242,8 @@ async fn websocket_turns(
             outcome.burst_first_token.push(first_token);
         } else {
             outcome.steady_first_token.push(first_token);
+            outcome.steady_ack.extend(acked.map(micros));
+            outcome.steady_started.extend(started.map(micros));
         }
         if work.verify {
             outcome.words.push(text.split_whitespace().count());

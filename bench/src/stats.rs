@@ -15,6 +15,8 @@ pub struct TargetResult {
     /// µs, sorted.
     pub burst: Vec<u32>,
     pub steady: Vec<u32>,
+    pub steady_ack: Vec<u32>,
+    pub steady_started: Vec<u32>,
     pub gaps: Vec<u32>,
     pub words: Vec<usize>,
     pub server_cpu: f64,
@@ -52,6 +54,8 @@ impl TargetResult {
             errors: Vec::new(),
             burst: Vec::new(),
             steady: Vec::new(),
+            steady_ack: Vec::new(),
+            steady_started: Vec::new(),
             gaps: Vec::new(),
             words: Vec::new(),
             server_cpu,
@@ -64,12 +68,16 @@ impl TargetResult {
             r.turns_done += o.turns_done;
             r.burst.extend(o.burst_first_token);
             r.steady.extend(o.steady_first_token);
+            r.steady_ack.extend(o.steady_ack);
+            r.steady_started.extend(o.steady_started);
             r.gaps.extend(o.gaps);
             r.words.extend(o.words);
             r.errors.extend(o.error);
         }
         r.burst.sort_unstable();
         r.steady.sort_unstable();
+        r.steady_ack.sort_unstable();
+        r.steady_started.sort_unstable();
         r.gaps.sort_unstable();
         r
     }
@@ -185,6 +193,12 @@ const METRICS: &[Metric] = &[
     ("burst first token p99", |r| r.burst_ms(99.0), ms),
     ("steady first token p50", |r| r.steady_ms(50.0), ms),
     ("steady first token p99", |r| r.steady_ms(99.0), ms),
+    ("steady send to ack p50", |r| pct(&r.steady_ack, 50.0), ms),
+    (
+        "steady send to turn-started p50",
+        |r| pct(&r.steady_started, 50.0),
+        ms,
+    ),
     ("inter-frame delay p99", |r| r.gap_ms(99.0), ms),
     ("CPU s per 1,000 turns", TargetResult::cpu_per_1000, num),
     ("KB RSS per stream", TargetResult::kb_per_stream, num),

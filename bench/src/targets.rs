@@ -97,7 +97,12 @@ impl Target {
                     .arg(dir.join("no-web"))
                     .env("CHAT_OFFLINE_TOKENS_PER_SEC", &rate)
                     .env("CHAT_OFFLINE_REPLY_TOKENS", &tokens)
-                    .env("RUST_LOG", "warn")
+                    // CHATRUN_BENCH_SERVER_LOG sets the server's RUST_LOG, e.g. to see the
+                    // store's commit statistics (`chatrun_embedded::db=debug`).
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("CHATRUN_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+                    )
                     // One bench user drives every chat: the per-user limits would refuse it.
                     .env("CHAT_USER_MAX_CONCURRENT_TURNS", "1000000")
                     .env("CHAT_USER_MESSAGES_PER_MINUTE", "1000000")

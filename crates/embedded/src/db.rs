@@ -1,15 +1,25 @@
-//! One SQLite file served by one dedicated thread, with group commit.
+//! One SQLite file served by dedicated threads: one writer with group commit, one reader, one
+//! checkpointer.
 //!
 //! The async runtime's worker threads never touch SQLite: every operation is a closure sent to
-//! the file's own thread, which takes whatever has queued up since its last commit and runs it
-//! all in one transaction, each operation inside its own savepoint (an operation that fails
-//! rolls back alone). Replies are sent only after the commit, so a caller that gets `Ok` knows
-//! its write is durable (a frame is persisted before it is posted).
+//! one of the file's threads.
+//! - The **writer** takes whatever writes have queued up since its last commit and runs them
+//!   all in one transaction, each inside its own savepoint (an operation that fails rolls back
+//!   alone). Replies are sent only after the commit, so a caller that gets `Ok` knows its write
+//!   is durable (a frame is persisted before it is posted). Under load this is what makes
+//!   persistence cheap: a thousand streaming chats produce frames faster than one commit
+//!   takes, so each commit carries many frames.
+//! - The **reader** answers reads on its own connection from the last committed state (WAL
+//!   lets it read while the writer writes), so a read never waits behind a batch of other
+//!   chats' frames and its commit. A caller that awaited a write and then reads sees the write:
+//!   the write was committed before the read was even asked.
+//! - The **checkpointer** copies the WAL back into the database file (SQLite's checkpoint, with
+//!   its `fsync`) on its own connection, off the writer's path; SQLite would otherwise do it
+//!   inside a commit every thousand pages, stalling every write queued behind it.
 //!
-//! Under load this is what makes persistence cheap: a thousand streaming chats produce frames
-//! faster than one commit takes, so each commit carries many frames, and the connection is
-//! opened in exclusive locking mode (`locking_mode=EXCLUSIVE` before WAL), so SQLite takes its
-//! file lock once instead of per transaction and keeps no shared-memory index.
+//! One process per file: a lock file next to it (`<file>.lock`, `flock`) is held for as long
+//! as the writer runs, so a second `chatrun serve` on the same data directory is refused. The
+//! store's in-memory mirrors rely on being the only writer.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -19,15 +29,14 @@ use tokio::sync::oneshot;
 
 /// At most this many operations share one commit, so replies are never held back for long.
 const MAX_BATCH: usize = 1024;
-/// How long opening waits for a file another connection holds.
+/// How long opening waits for a file another instance holds.
 const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
-}
+/// How often the checkpointer looks at the WAL.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// A WAL longer than this (in pages; about 64 MiB) is more than passive checkpoints keep up
+/// with under a steady stream of writes (a checkpoint never finds the log all copied, so SQLite
+/// never starts it over): the writer then restarts it itself, between two batches.
+const WAL_RESTART_PAGES: i64 = 16_384;
 
 /// Why an operation did not run or its commit failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,31 +53,45 @@ pub enum DbError {
 
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 type Job = Box<dyn FnOnce(&mut rusqlite::Connection) -> Reply + Send>;
+type ReadJob = Box<dyn FnOnce(&rusqlite::Connection) + Send>;
 
-/// What the file's thread is asked to do.
+/// What the writer is asked to do.
 enum Request {
-    Run(Job),
+    /// An operation and when it was asked for (for the commit statistics).
+    Run(Job, std::time::Instant),
+    /// The WAL has grown past [`WAL_RESTART_PAGES`]: copy it all back and start it over.
+    RestartWal,
     /// Finish what came before, then close the file (and release its lock).
     Close,
 }
 
-/// A handle on the file's thread. Dropping every handle, or [`Database::close`], ends the
-/// thread and closes the file.
-pub struct Database {
-    jobs: mpsc::Sender<Request>,
+/// What the reader is asked to do.
+enum ReadRequest {
+    Run(ReadJob),
+    Close,
 }
 
-/// Opens a SQLite file for its own thread: exclusive locking, WAL, `synchronous=NORMAL`
-/// (durable across process crashes; an OS crash may lose the last transactions).
+/// A handle on the file's threads. Dropping every handle, or [`Database::close`], ends the
+/// threads and closes the file.
+pub struct Database {
+    jobs: mpsc::Sender<Request>,
+    reads: mpsc::Sender<ReadRequest>,
+    /// Dropped (or sent to) to stop the checkpointer.
+    checkpoints: mpsc::Sender<()>,
+}
+
+/// Opens a connection to a SQLite file: WAL, `synchronous=NORMAL` (durable across process
+/// crashes; an OS crash may lose the last transactions).
 fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
-    // Another process holding the file (a second `chatrun serve` on the same data directory)
-    // is waited for briefly, then refused.
-    conn.busy_timeout(std::time::Duration::from_secs(1))?;
-    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    // A checkpoint or a WAL restart holds the other connections back for a moment.
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // Every statement of the store and queue stays prepared (rusqlite keeps 16 by default,
+    // fewer than the hot path uses, so they would be parsed again and again).
+    conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
 
@@ -83,36 +106,57 @@ impl Database {
         schema: &str,
         on_rollback: Box<dyn Fn() + Send>,
     ) -> Result<Database, DbError> {
-        // Another instance in this process may be closing the file (a restart in a test); a
-        // second process keeps it for good. Wait a while for the first, then say who holds it.
-        let deadline = std::time::Instant::now() + OPEN_WAIT;
-        let mut conn = loop {
-            match open_connection(path).and_then(|c| c.execute_batch(schema).map(|()| c)) {
-                Ok(conn) => break conn,
-                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(e) if is_busy(&e) => {
-                    return Err(DbError::Commit(format!(
-                        "{} is in use by another chatrun (one process per data directory): {e}",
-                        path.display()
-                    )));
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let lock = lock_file(path)?;
+        let mut conn = open_connection(path)?;
+        conn.execute_batch(schema)?;
+        // Checkpoints are the checkpointer's job, not the commit's.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let reader = open_connection(path)?;
+        reader.pragma_update(None, "query_only", true)?;
+        // Page caches per connection (SQLite's default is 2 MiB each): the writer keeps the
+        // default, for the pages every commit touches; the reader less, since what it misses
+        // comes from the OS's cache of the file; the checkpointer barely needs one.
+        reader.pragma_update(None, "cache_size", -1024)?;
+        let checkpointer = open_connection(path)?;
+        checkpointer.pragma_update(None, "cache_size", -128)?;
+
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let spawn = |role: &str, run: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(format!("sqlite-{role}-{name}"))
+                .spawn(run)
+                .map(drop)
+                .map_err(|e| DbError::Commit(format!("starting a database thread: {e}")))
         };
         let (jobs, queued) = mpsc::channel::<Request>();
-        let name = format!(
-            "sqlite-{}",
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        );
-        std::thread::Builder::new()
-            .name(name)
-            .spawn(move || serve(&mut conn, &queued, on_rollback.as_ref()))
-            .map_err(|e| DbError::Commit(format!("starting the database thread: {e}")))?;
-        Ok(Database { jobs })
+        let (reads, queued_reads) = mpsc::channel::<ReadRequest>();
+        let (checkpoints, stop_checkpoints) = mpsc::channel::<()>();
+        let restart_wal = jobs.clone();
+        spawn(
+            "write",
+            Box::new(move || {
+                serve(&mut conn, &queued, on_rollback.as_ref());
+                // Closed: the next instance may open the file.
+                drop(conn);
+                drop(lock);
+            }),
+        )?;
+        spawn(
+            "read",
+            Box::new(move || serve_reads(&reader, &queued_reads)),
+        )?;
+        spawn(
+            "checkpoint",
+            Box::new(move || checkpoint(&checkpointer, &stop_checkpoints, &restart_wal)),
+        )?;
+        Ok(Database {
+            jobs,
+            reads,
+            checkpoints,
+        })
     }
 
     /// Runs `operation` on the file's thread, atomically (it rolls back alone if it fails), and
@@ -128,9 +172,42 @@ impl Database {
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
+        self.submit(move |conn| in_savepoint(conn, operation)).await
+    }
+
+    /// [`Database::call`] for an `operation` that is a single SQL statement: SQLite undoes a
+    /// failed statement by itself, so it runs without the savepoint around it (two statements
+    /// fewer per stream event).
+    /// # Errors
+    /// As [`Database::call`].
+    pub async fn call_statement<T, E>(
+        &self,
+        operation: impl FnOnce(&mut rusqlite::Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        self.submit(move |conn| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| operation(conn)))
+                .unwrap_or_else(|_| Err(E::from(DbError::Panicked)))
+        })
+        .await
+    }
+
+    /// Queues `run` for the writer's next batch and answers with its result once the batch is
+    /// committed (or with the commit's error).
+    async fn submit<T, E>(
+        &self,
+        run: impl FnOnce(&mut rusqlite::Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel::<Result<T, E>>();
         let job: Job = Box::new(move |conn| {
-            let result = in_savepoint(conn, operation);
+            let result = run(conn);
             Box::new(move |commit_error: Option<&str>| {
                 let result = match commit_error {
                     Some(error) => Err(E::from(DbError::Commit(error.to_owned()))),
@@ -140,7 +217,31 @@ impl Database {
             })
         });
         self.jobs
-            .send(Request::Run(job))
+            .send(Request::Run(job, std::time::Instant::now()))
+            .map_err(|_| E::from(DbError::Closed))?;
+        answer.await.map_err(|_| E::from(DbError::Closed))?
+    }
+
+    /// Runs the read-only `operation` on the reader's connection, which sees what was last
+    /// committed, without waiting for the writer.
+    /// # Errors
+    /// What `operation` returned, or a [`DbError`] (converted) when it could not run.
+    pub async fn read<T, E>(
+        &self,
+        operation: impl FnOnce(&rusqlite::Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T, E>>();
+        let job: ReadJob = Box::new(move |conn| {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| operation(conn)))
+                .unwrap_or_else(|_| Err(E::from(DbError::Panicked)));
+            let _ = reply.send(result);
+        });
+        self.reads
+            .send(ReadRequest::Run(job))
             .map_err(|_| E::from(DbError::Closed))?;
         answer.await.map_err(|_| E::from(DbError::Closed))?
     }
@@ -148,7 +249,102 @@ impl Database {
     /// Closes the file once what was asked before is done, even while handles remain (a server
     /// that stops releases the file for the next one at once); later calls answer `Closed`.
     pub fn close(&self) {
+        let _ = self.checkpoints.send(());
+        let _ = self.reads.send(ReadRequest::Close);
         let _ = self.jobs.send(Request::Close);
+    }
+}
+
+/// Takes the file's lock file, waiting a while for another instance in this process that may
+/// be closing it (a restart in a test); a second process keeps it for good.
+fn lock_file(path: &Path) -> Result<std::fs::File, DbError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| DbError::Commit(format!("opening {}: {e}", lock_path.display())))?;
+    let deadline = std::time::Instant::now() + OPEN_WAIT;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(DbError::Commit(format!(
+                    "{} is in use by another chatrun (one process per data directory)",
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(DbError::Commit(format!("locking {}: {e}", path.display())));
+            }
+        }
+    }
+}
+
+/// The reader: take what queued, run it in one read transaction (one snapshot, taken after
+/// every read in it was asked), answering each as it is done.
+fn serve_reads(conn: &rusqlite::Connection, queued: &mpsc::Receiver<ReadRequest>) {
+    loop {
+        let Ok(ReadRequest::Run(first)) = queued.recv() else {
+            return;
+        };
+        let mut batch = vec![first];
+        let mut closing = false;
+        while batch.len() < MAX_BATCH {
+            match queued.try_recv() {
+                Ok(ReadRequest::Run(job)) => batch.push(job),
+                Ok(ReadRequest::Close) => {
+                    closing = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let begun = conn.execute_batch("BEGIN");
+        for job in batch {
+            job(conn);
+        }
+        if begun.is_ok() {
+            let _ = conn.execute_batch("COMMIT");
+        }
+        if closing {
+            return;
+        }
+    }
+}
+
+/// The checkpointer: every [`CHECKPOINT_EVERY`], copy what the WAL holds back into the file
+/// without blocking anyone (`PASSIVE`); past [`WAL_RESTART_PAGES`], ask the writer to restart
+/// the log. Ends when the database is closed or dropped.
+fn checkpoint(
+    conn: &rusqlite::Connection,
+    stop: &mpsc::Receiver<()>,
+    writer: &mpsc::Sender<Request>,
+) {
+    let mut restart_asked = std::time::Instant::now() - std::time::Duration::from_secs(60);
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        let pages: rusqlite::Result<i64> =
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1));
+        match pages {
+            Ok(pages)
+                if pages >= WAL_RESTART_PAGES
+                    && restart_asked.elapsed() > std::time::Duration::from_secs(1) =>
+            {
+                restart_asked = std::time::Instant::now();
+                if writer.send(Request::RestartWal).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "a SQLite checkpoint failed; the next one retries")
+            }
+        }
     }
 }
 
@@ -157,17 +353,71 @@ fn in_savepoint<T, E: From<DbError>>(
     conn: &mut rusqlite::Connection,
     operation: impl FnOnce(&mut rusqlite::Connection) -> Result<T, E>,
 ) -> Result<T, E> {
-    conn.execute_batch("SAVEPOINT operation")
-        .map_err(|e| E::from(e.into()))?;
+    // Cached statements: these run twice per operation, thousands of times a second.
+    let run = |conn: &rusqlite::Connection, sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([]))
+            .map(drop)
+    };
+    run(conn, "SAVEPOINT operation").map_err(|e| E::from(e.into()))?;
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| operation(conn)))
         .unwrap_or_else(|_| Err(E::from(DbError::Panicked)));
-    let end = if result.is_ok() {
-        "RELEASE operation"
-    } else {
-        "ROLLBACK TO operation; RELEASE operation"
-    };
-    conn.execute_batch(end).map_err(|e| E::from(e.into()))?;
+    if result.is_err() {
+        run(conn, "ROLLBACK TO operation").map_err(|e| E::from(e.into()))?;
+    }
+    run(conn, "RELEASE operation").map_err(|e| E::from(e.into()))?;
     result
+}
+
+/// What the thread did over about a second, logged at debug level
+/// (`RUST_LOG=chatrun_embedded::db=debug`): how full its batches were, how long running and
+/// committing them took, and how long an operation waited from being asked to being answered.
+struct Stats {
+    since: std::time::Instant,
+    batches: u64,
+    operations: u64,
+    run: std::time::Duration,
+    commit: std::time::Duration,
+    longest_batch: std::time::Duration,
+    waited: std::time::Duration,
+    longest_wait: std::time::Duration,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            since: std::time::Instant::now(),
+            batches: 0,
+            operations: 0,
+            run: std::time::Duration::ZERO,
+            commit: std::time::Duration::ZERO,
+            longest_batch: std::time::Duration::ZERO,
+            waited: std::time::Duration::ZERO,
+            longest_wait: std::time::Duration::ZERO,
+        }
+    }
+
+    fn log_each_second(&mut self, thread: &str) {
+        let elapsed = self.since.elapsed();
+        if elapsed < std::time::Duration::from_secs(1) {
+            return;
+        }
+        if self.operations > 0 {
+            tracing::debug!(
+                thread,
+                batches = self.batches,
+                operations = self.operations,
+                busy_pct = (self.run + self.commit).as_secs_f64() * 100.0 / elapsed.as_secs_f64(),
+                run_us_per_op = self.run.as_micros() as u64 / self.operations,
+                commit_us_per_batch = self.commit.as_micros() as u64 / self.batches.max(1),
+                longest_batch_ms = self.longest_batch.as_secs_f64() * 1000.0,
+                mean_wait_ms = self.waited.as_secs_f64() * 1000.0 / self.operations as f64,
+                longest_wait_ms = self.longest_wait.as_secs_f64() * 1000.0,
+                "sqlite batches"
+            );
+        }
+        *self = Stats::new();
+    }
 }
 
 /// The thread: take what queued, run it in one transaction, commit, answer.
@@ -176,15 +426,29 @@ fn serve(
     queued: &mpsc::Receiver<Request>,
     on_rollback: &dyn Fn(),
 ) {
+    let thread = std::thread::current().name().unwrap_or("sqlite").to_owned();
+    let stats_on = tracing::enabled!(tracing::Level::DEBUG);
+    let mut stats = Stats::new();
     let mut closing = false;
     while !closing {
-        let Ok(Request::Run(first)) = queued.recv() else {
-            return;
+        let (first, asked) = match queued.recv() {
+            Ok(Request::Run(first, asked)) => (first, asked),
+            Ok(Request::RestartWal) => {
+                restart_wal(conn);
+                continue;
+            }
+            Ok(Request::Close) | Err(_) => return,
         };
         let mut batch = vec![first];
+        let mut asked_at = vec![asked];
+        let mut restart_wal_after_batch = false;
         while batch.len() < MAX_BATCH {
             match queued.try_recv() {
-                Ok(Request::Run(job)) => batch.push(job),
+                Ok(Request::Run(job, asked)) => {
+                    batch.push(job);
+                    asked_at.push(asked);
+                }
+                Ok(Request::RestartWal) => restart_wal_after_batch = true,
                 Ok(Request::Close) => {
                     closing = true;
                     break;
@@ -192,9 +456,24 @@ fn serve(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let begun = conn.execute_batch("BEGIN IMMEDIATE");
         let replies: Vec<Reply> = batch.into_iter().map(|job| job(conn)).collect();
+        let ran = std::time::Instant::now();
         let committed = begun.and_then(|()| conn.execute_batch("COMMIT"));
+        if stats_on {
+            let done = std::time::Instant::now();
+            stats.batches += 1;
+            stats.operations += asked_at.len() as u64;
+            stats.run += ran - started;
+            stats.commit += done - ran;
+            stats.longest_batch = stats.longest_batch.max(done - started);
+            for asked in &asked_at {
+                stats.waited += done - *asked;
+                stats.longest_wait = stats.longest_wait.max(done - *asked);
+            }
+            stats.log_each_second(&thread);
+        }
         let error = committed.err().map(|e| {
             let _ = conn.execute_batch("ROLLBACK");
             on_rollback();
@@ -204,6 +483,24 @@ fn serve(
         for reply in replies {
             reply(error.as_deref());
         }
+        if restart_wal_after_batch {
+            restart_wal(conn);
+        }
+    }
+}
+
+/// Copies the whole WAL back into the file and starts it over (waiting briefly for readers).
+fn restart_wal(conn: &rusqlite::Connection) {
+    let started = std::time::Instant::now();
+    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+        row.get::<_, i64>(0)
+    }) {
+        Ok(0) => tracing::debug!(
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "restarted a long SQLite WAL"
+        ),
+        Ok(_) => tracing::debug!("a reader held the SQLite WAL; restarting it later"),
+        Err(e) => tracing::warn!(error = %e, "restarting the SQLite WAL failed"),
     }
 }
 
@@ -317,6 +614,100 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(v, "kept");
+    }
+
+    #[tokio::test]
+    async fn a_read_does_not_wait_for_the_writer_and_sees_what_was_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(database(&dir));
+        db.call(|c| {
+            c.execute("INSERT INTO t (k, v) VALUES (1, 'committed')", [])
+                .map_err(|e| TestError::Db(e.to_string()))
+        })
+        .await
+        .unwrap();
+        // A long batch on the writer: the row it inserts is not committed while it runs.
+        let slow = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.call(|c| {
+                    c.execute("INSERT INTO t (k, v) VALUES (2, 'pending')", [])
+                        .map_err(|e| TestError::Db(e.to_string()))?;
+                    std::thread::sleep(std::time::Duration::from_millis(1500));
+                    Ok::<_, TestError>(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let read_started = std::time::Instant::now();
+        let rows: String = db
+            .read(|c| {
+                c.query_row("SELECT group_concat(v, ',') FROM t", [], |r| r.get(0))
+                    .map_err(|e| TestError::Db(e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, "committed", "the read sees the committed row only");
+        assert!(
+            read_started.elapsed() < std::time::Duration::from_millis(1000),
+            "the read answered while the writer was busy ({:?})",
+            read_started.elapsed()
+        );
+        assert!(!slow.is_finished(), "the writer was still busy");
+        slow.await.unwrap().unwrap();
+        let after: i64 = db
+            .read(|c| {
+                c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+                    .map_err(|e| TestError::Db(e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(after, 2, "once committed, the reader sees the write");
+    }
+
+    #[tokio::test]
+    async fn a_read_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir);
+        let refused = db
+            .read(|c| {
+                c.execute("INSERT INTO t (k, v) VALUES (1, 'x')", [])
+                    .map_err(|e| TestError::Db(e.to_string()))
+            })
+            .await;
+        assert!(matches!(refused, Err(TestError::Db(m)) if m.contains("readonly")));
+    }
+
+    #[tokio::test]
+    async fn the_checkpointer_copies_the_wal_back_into_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir);
+        let file = dir.path().join("t.sqlite3");
+        let before = std::fs::metadata(&file).unwrap().len();
+        db.call(|c| {
+            for k in 0..200i64 {
+                c.execute(
+                    "INSERT INTO t (k, v) VALUES (?1, ?2)",
+                    rusqlite::params![k, "x".repeat(4000)],
+                )
+                .map_err(|e| TestError::Db(e.to_string()))?;
+            }
+            Ok::<_, TestError>(())
+        })
+        .await
+        .unwrap();
+        // The writer never checkpoints (wal_autocheckpoint is off): the rows reach the main
+        // file only through the checkpointer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&file).unwrap().len() < before + 200 * 4000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint within 10 s: the file has {} bytes",
+                std::fs::metadata(&file).unwrap().len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test]

@@ -46,3 +46,31 @@ fn queue_error(e: rusqlite::Error) -> QueueError {
         QueueError::Backend(e.to_string())
     }
 }
+
+/// `execute` and `query_row` through the connection's statement cache: the store and queue run
+/// the same few statements thousands of times a second, and parsing one costs more than
+/// running it.
+trait Cached {
+    fn execute_cached(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize>;
+    fn query_row_cached<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for rusqlite::Connection {
+    fn execute_cached(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, row)
+    }
+}

@@ -24,6 +24,7 @@ use chatrun_core::ports::{JobVisibility, QueueName, ReceivedTurn, TurnQueue, Tur
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 
+use crate::Cached;
 use crate::db::{Database, DbError};
 use crate::queue_error;
 
@@ -118,7 +119,7 @@ impl SqliteTurnQueue {
         let fresh = self
             .db
             .call(move |tx| {
-                tx.execute(
+                tx.execute_cached(
                     "DELETE FROM queue_deduplication WHERE expires_at <= ?1",
                     [now],
                 )
@@ -130,7 +131,7 @@ impl SqliteTurnQueue {
                     )
                     .map_err(queue_error)?;
                 if fresh == 1 {
-                    tx.execute(
+                    tx.execute_cached(
                         "INSERT INTO queue_messages (queue, message_id, group_id, deduplication_id, body, sent_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                         params![queue_key(QueueName::Turns), uuid::Uuid::new_v4().to_string(), group_id, deduplication_id, body, now],
                     )
@@ -205,7 +206,7 @@ impl SqliteTurnQueue {
                 }
             }
             if queue == QueueName::Turns && receive_count as u32 >= max_receives {
-                tx.execute(
+                tx.execute_cached(
                     "UPDATE queue_messages SET queue = ?2, visible_at = 0, receive_count = 0, receipt = NULL WHERE seq = ?1",
                     params![seq, queue_key(QueueName::DeadLetters)],
                 )
@@ -244,7 +245,7 @@ impl SqliteTurnQueue {
     pub async fn depth(&self, queue: QueueName) -> Result<u64, QueueError> {
         self.db
             .call(move |c| {
-                c.query_row(
+                c.query_row_cached(
                     "SELECT COUNT(*) FROM queue_messages WHERE queue = ?1",
                     [queue_key(queue)],
                     |r| r.get::<_, i64>(0),
@@ -309,7 +310,7 @@ impl TurnQueueConsumer for SqliteTurnQueue {
         let receipt_handle = receipt_handle.to_owned();
         self.db
             .call(move |c| {
-                c.execute(
+                c.execute_cached(
                     "DELETE FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
                     params![queue_key(queue), receipt_handle],
                 )
@@ -343,7 +344,7 @@ impl JobVisibility for SqliteTurnQueue {
             .db
             .call(move |c| {
                 let previous = c
-                    .query_row(
+                    .query_row_cached(
                         "SELECT visible_at FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
                         params![queue_key(queue), receipt_handle],
                         |r| r.get(0),
@@ -351,7 +352,7 @@ impl JobVisibility for SqliteTurnQueue {
                     .optional()
                     .map_err(queue_error)?;
                 if previous.is_some() {
-                    c.execute(
+                    c.execute_cached(
                         "UPDATE queue_messages SET visible_at = ?3 WHERE queue = ?1 AND receipt = ?2",
                         params![queue_key(queue), receipt_handle, visible_at],
                     )

@@ -7,7 +7,7 @@
 //! frame fails.
 //!
 //! Between frames run-turn reads the chat's session and subscribers. This process is the only
-//! writer of the file (exclusive locking), so the store keeps a mirror of both per chat, kept
+//! writer of the file (its lock file, [`crate::db`]), so the store keeps a mirror of both per chat, kept
 //! by the writer thread itself in the order of the writes: that read is a map lookup, and a stop
 //! or a new subscriber reaches the running turn at its next frame without any query.
 
@@ -25,6 +25,7 @@ use chatrun_core::message::UIMessage;
 use chatrun_core::ports::{Admission, ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION, UsageCounters};
 use rusqlite::{OptionalExtension, params};
 
+use crate::Cached;
 use crate::db::{Database, DbError};
 use crate::store_error;
 
@@ -53,14 +54,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     version INTEGER NOT NULL,
     session TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS events (
-    run_id TEXT NOT NULL,
-    first_event_id INTEGER NOT NULL,
-    last_event_id INTEGER NOT NULL,
-    chunks TEXT NOT NULL,
-    expires_at INTEGER NOT NULL,
-    PRIMARY KEY (run_id, first_event_id)
-);
+-- Stream events live in their own file (EVENTS_SCHEMA); this table held them before.
+DROP TABLE IF EXISTS events;
 CREATE TABLE IF NOT EXISTS connections (
     id TEXT PRIMARY KEY,
     connection TEXT NOT NULL,
@@ -88,6 +83,20 @@ CREATE TABLE IF NOT EXISTS usage_slots (
     PRIMARY KEY (key, slot_id)
 );
 CREATE INDEX IF NOT EXISTS usage_slots_by_expiry ON usage_slots (expires_at);
+";
+
+/// The stream events, in a file of their own next to the store's: frames are nearly all the
+/// writes of a busy server, and with their own writer thread and commits, the few writes that
+/// start a turn (claim it, store the message) never wait behind a batch of other chats' frames.
+const EVENTS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    first_event_id INTEGER NOT NULL,
+    last_event_id INTEGER NOT NULL,
+    chunks TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, first_event_id)
+);
 ";
 
 /// What run-turn reads between frames, mirrored per chat.
@@ -120,6 +129,8 @@ fn mirror_forget(mirror: &Mirror, chat_ids: &[String]) {
 /// The `ChatStore` on SQLite.
 pub struct SqliteChatStore {
     db: Database,
+    /// The stream events' file (`<name>.events.sqlite3` beside the store's).
+    events: Database,
     mirror: Mirror,
 }
 
@@ -190,13 +201,19 @@ impl SqliteChatStore {
                 }
             }),
         )?;
-        Ok(SqliteChatStore { db, mirror })
+        let events = Database::open(
+            &path.as_ref().with_extension("events.sqlite3"),
+            EVENTS_SCHEMA,
+            Box::new(|| {}),
+        )?;
+        Ok(SqliteChatStore { db, events, mirror })
     }
 
-    /// Closes the file once pending operations are done (a stopping server releases it for the
-    /// next one); later operations answer an error.
+    /// Closes the files once pending operations are done (a stopping server releases them for
+    /// the next one); later operations answer an error.
     pub fn close(&self) {
         self.db.close();
+        self.events.close();
     }
 
     /// Runs `operation` on the database thread.
@@ -205,6 +222,15 @@ impl SqliteChatStore {
         operation: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.db.call(operation).await
+    }
+
+    /// Runs the read-only `operation` on the reader's connection (the last committed state),
+    /// without waiting behind the writer's batches.
+    async fn read<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.db.read(operation).await
     }
 
     /// The chat's mirrored session and subscribers, loaded on the database thread on a miss.
@@ -293,7 +319,7 @@ impl ChatStore for SqliteChatStore {
     async fn create_chat(&self, chat: &Chat) -> Result<(), StoreError> {
         let chat = chat.clone();
         self.with(move |c| {
-            c.execute(
+            c.execute_cached(
                 "INSERT INTO chats (id, owner_id, title, model, created_at, updated_at, message_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
                 params![chat.id.as_str(), chat.owner_id, chat.title, chat.model, chat.created_at, chat.updated_at],
             )
@@ -305,7 +331,7 @@ impl ChatStore for SqliteChatStore {
 
     async fn get_chat(&self, chat_id: &ChatId) -> Result<Option<Chat>, StoreError> {
         let chat_id = chat_id.clone();
-        self.with(move |c| {
+        self.read(move |c| {
             let raw = c
                 .prepare_cached(&format!("SELECT {CHAT_COLUMNS} FROM chats WHERE id = ?1"))
                 .and_then(|mut stmt| stmt.query_row([chat_id.as_str()], chat_from_row).optional())
@@ -323,7 +349,7 @@ impl ChatStore for SqliteChatStore {
     ) -> Result<ChatPage, StoreError> {
         let after = cursor.map(decode_cursor).transpose()?;
         let owner_id = owner_id.to_owned();
-        self.with(move |c| {
+        self.read(move |c| {
             let limit = limit.max(1);
             let rows: Vec<_> = match &after {
                 None => {
@@ -380,7 +406,7 @@ impl ChatStore for SqliteChatStore {
                 return Err(StoreError::NotFound(format!("chat {chat_id}")));
             }
             let raw = c
-                .query_row(
+                .query_row_cached(
                     &format!("SELECT {CHAT_COLUMNS} FROM chats WHERE id = ?1"),
                     [chat_id.as_str()],
                     chat_from_row,
@@ -396,7 +422,7 @@ impl ChatStore for SqliteChatStore {
         let model = model.to_owned();
         self.with(move |c| {
             let raw = c
-                .query_row(
+                .query_row_cached(
                     &format!("UPDATE chats SET model = ?2 WHERE id = ?1 RETURNING {CHAT_COLUMNS}"),
                     params![chat_id.as_str(), model],
                     chat_from_row,
@@ -412,25 +438,33 @@ impl ChatStore for SqliteChatStore {
     async fn delete_chat(&self, chat_id: &ChatId) -> Result<(), StoreError> {
         let chat_id = chat_id.as_str().to_owned();
         let mirror = self.mirror.clone();
-        self.with(move |c| {
-            let run = read_session(c, &chat_id)?.map(|s| s.run_id);
-            if let Some(run) = run {
-                c.execute("DELETE FROM events WHERE run_id = ?1", [run])
-                    .map_err(store_error)?;
-            }
-            for table in [
-                "chats WHERE id",
-                "messages WHERE chat_id",
-                "sessions WHERE chat_id",
-                "subscriptions WHERE chat_id",
-            ] {
-                c.execute(&format!("DELETE FROM {table} = ?1"), [chat_id.as_str()])
-                    .map_err(store_error)?;
-            }
-            mirror_forget(&mirror, &[chat_id]);
-            Ok(())
-        })
-        .await
+        let run = self
+            .with(move |c| {
+                let run = read_session(c, &chat_id)?.map(|s| s.run_id);
+                for table in [
+                    "chats WHERE id",
+                    "messages WHERE chat_id",
+                    "sessions WHERE chat_id",
+                    "subscriptions WHERE chat_id",
+                ] {
+                    c.execute_cached(&format!("DELETE FROM {table} = ?1"), [chat_id.as_str()])
+                        .map_err(store_error)?;
+                }
+                mirror_forget(&mirror, &[chat_id]);
+                Ok(run)
+            })
+            .await?;
+        // The chat is gone, so nothing can resume its run any more; its events go after it
+        // (had this failed, they would only take space until the run's events expire).
+        if let Some(run) = run {
+            self.events
+                .call(move |c| {
+                    c.execute_cached("DELETE FROM events WHERE run_id = ?1", [run])
+                        .map_err(store_error)
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     async fn append_message(
@@ -452,7 +486,7 @@ impl ChatStore for SqliteChatStore {
             if changed == 0 {
                 return Err(StoreError::NotFound(format!("chat {chat_id}")));
             }
-            c.execute(
+            c.execute_cached(
                 "INSERT INTO messages (chat_id, seq, id, message, created_at)
                  VALUES (?1, (SELECT COALESCE(MAX(seq), -1) + 1 FROM messages WHERE chat_id = ?1), ?2, ?3, ?4)",
                 params![chat_id.as_str(), message_id, body, now],
@@ -472,7 +506,7 @@ impl ChatStore for SqliteChatStore {
     async fn messages(&self, chat_id: &ChatId) -> Result<Vec<UIMessage>, StoreError> {
         let chat_id = chat_id.clone();
         let rows: Vec<String> = self
-            .with(move |c| {
+            .read(move |c| {
                 let mut stmt = c
                     .prepare_cached("SELECT message FROM messages WHERE chat_id = ?1 ORDER BY seq")
                     .map_err(store_error)?;
@@ -499,7 +533,7 @@ impl ChatStore for SqliteChatStore {
         // Rows are read on the database thread, up to what the page can take; they are
         // decoded by the caller, off that thread.
         let reader = self
-            .with(move |c| {
+            .read(move |c| {
                 let start = reader.start_seq().map_or(i64::MAX, |seq| seq as i64);
                 let mut stmt = c
                     .prepare_cached(
@@ -537,7 +571,7 @@ impl ChatStore for SqliteChatStore {
         let message_id = message_id.to_owned();
         self.with(move |c| {
             let seq: Option<i64> = c
-                .query_row(
+                .query_row_cached(
                     "SELECT seq FROM messages WHERE chat_id = ?1 AND id = ?2",
                     params![chat_id.as_str(), message_id],
                     |r| r.get(0),
@@ -551,7 +585,7 @@ impl ChatStore for SqliteChatStore {
                     params![chat_id.as_str(), seq],
                 )
                 .map_err(store_error)?;
-            c.execute(
+            c.execute_cached(
                 "UPDATE chats SET message_count = MAX(message_count - ?2, 0) WHERE id = ?1",
                 params![chat_id.as_str(), deleted as i64],
             )
@@ -611,7 +645,7 @@ impl ChatStore for SqliteChatStore {
         let first = event.first_event_id;
         let last = event.last_event_id();
         let expires_at = event.expires_at;
-        self.with(move |c| {
+        self.events.call_statement(move |c| {
             c.prepare_cached(
                 "INSERT INTO events (run_id, first_event_id, last_event_id, chunks, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
@@ -638,7 +672,7 @@ impl ChatStore for SqliteChatStore {
     ) -> Result<Vec<StreamEvent>, StoreError> {
         let run = run_id.to_owned();
         let rows: Vec<(i64, String, i64)> = self
-            .with(move |c| {
+            .events.read(move |c| {
                 let mut stmt = c
                     .prepare_cached(
                         "SELECT first_event_id, chunks, expires_at FROM events
@@ -652,7 +686,7 @@ impl ChatStore for SqliteChatStore {
                     .map_err(store_error)?
                     .collect::<Result<_, _>>()
                     .map_err(store_error)?;
-                Ok(rows)
+                Ok::<_, StoreError>(rows)
             })
             .await?;
         rows.into_iter()
@@ -669,17 +703,18 @@ impl ChatStore for SqliteChatStore {
 
     async fn last_event_id(&self, run_id: &str, now: Millis) -> Result<u64, StoreError> {
         let run_id = run_id.to_owned();
-        self.with(move |c| {
-            let last: Option<i64> = c
-                .query_row(
+        self.events
+            .read(move |c| {
+                let last: Option<i64> = c
+                .query_row_cached(
                     "SELECT MAX(last_event_id) FROM events WHERE run_id = ?1 AND expires_at > ?2",
                     params![run_id, now],
                     |r| r.get(0),
                 )
                 .map_err(store_error)?;
-            Ok(last.unwrap_or(0) as u64)
-        })
-        .await
+                Ok(last.unwrap_or(0) as u64)
+            })
+            .await
     }
 
     async fn put_connection(&self, connection: &Connection) -> Result<(), StoreError> {
@@ -687,7 +722,7 @@ impl ChatStore for SqliteChatStore {
         let id = connection.connection_id.clone();
         let expires_at = connection.expires_at;
         self.with(move |c| {
-            c.execute(
+            c.execute_cached(
                 "INSERT OR REPLACE INTO connections (id, connection, expires_at) VALUES (?1, ?2, ?3)",
                 params![id, body, expires_at],
             )
@@ -704,7 +739,7 @@ impl ChatStore for SqliteChatStore {
     ) -> Result<Option<Connection>, StoreError> {
         let connection_id = connection_id.to_owned();
         let text: Option<String> = self
-            .with(move |c| {
+            .read(move |c| {
                 c.prepare_cached(
                     "SELECT connection FROM connections WHERE id = ?1 AND expires_at > ?2",
                 )
@@ -723,9 +758,9 @@ impl ChatStore for SqliteChatStore {
         let mirror = self.mirror.clone();
         self.with(move |c| {
             let chats = chats_of(c, &connection_id)?;
-            c.execute("DELETE FROM connections WHERE id = ?1", [&connection_id])
+            c.execute_cached("DELETE FROM connections WHERE id = ?1", [&connection_id])
                 .map_err(store_error)?;
-            c.execute(
+            c.execute_cached(
                 "DELETE FROM subscriptions WHERE connection_id = ?1",
                 [&connection_id],
             )
@@ -751,7 +786,7 @@ impl ChatStore for SqliteChatStore {
         let connection_id = connection_id.to_owned();
         let mirror = self.mirror.clone();
         self.with(move |c| {
-            c.execute(
+            c.execute_cached(
                 "INSERT INTO subscriptions (chat_id, connection_id, subscribed_at, expires_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (chat_id, connection_id) DO UPDATE SET subscribed_at = excluded.subscribed_at, expires_at = excluded.expires_at",
                 params![chat_id, connection_id, now, expires_at],
@@ -794,7 +829,7 @@ impl ChatStore for SqliteChatStore {
         let connection_id = connection_id.to_owned();
         let mirror = self.mirror.clone();
         self.with(move |c| {
-            c.execute(
+            c.execute_cached(
                 "DELETE FROM subscriptions WHERE chat_id = ?1 AND connection_id = ?2",
                 params![chat_id, connection_id],
             )
@@ -837,13 +872,13 @@ impl UsageCounters for SqliteChatStore {
         let key = key.to_owned();
         let window = window.as_millis() as i64;
         self.with(move |c| {
-            c.execute(
+            c.execute_cached(
                 "DELETE FROM usage_windows WHERE window_end <= ?1",
                 params![now],
             )
             .map_err(store_error)?;
             let current: Option<(i64, i64)> = c
-                .query_row(
+                .query_row_cached(
                     "SELECT window_end, hits FROM usage_windows WHERE key = ?1",
                     params![key],
                     |row| Ok((row.get(0)?, row.get(1)?)),
@@ -855,7 +890,7 @@ impl UsageCounters for SqliteChatStore {
                     retry_after_ms: (window_end - now) as u64,
                 }),
                 Some(_) => {
-                    c.execute(
+                    c.execute_cached(
                         "UPDATE usage_windows SET hits = hits + 1 WHERE key = ?1",
                         params![key],
                     )
@@ -863,7 +898,7 @@ impl UsageCounters for SqliteChatStore {
                     Ok(Admission::Admitted)
                 }
                 None => {
-                    c.execute(
+                    c.execute_cached(
                         "INSERT INTO usage_windows (key, window_start, window_end, hits) VALUES (?1, ?2, ?3, 1)",
                         params![key, now, now + window],
                     )
@@ -885,13 +920,13 @@ impl UsageCounters for SqliteChatStore {
     ) -> Result<Admission, StoreError> {
         let (key, slot_id) = (key.to_owned(), slot_id.to_owned());
         self.with(move |c| {
-            c.execute(
+            c.execute_cached(
                 "DELETE FROM usage_slots WHERE expires_at <= ?1",
                 params![now],
             )
             .map_err(store_error)?;
             let (held, oldest, holds_this): (i64, Option<i64>, bool) = c
-                .query_row(
+                .query_row_cached(
                     "SELECT COUNT(*), MIN(expires_at), COALESCE(SUM(slot_id = ?2), 0) > 0
                      FROM usage_slots WHERE key = ?1",
                     params![key, slot_id],
@@ -903,7 +938,7 @@ impl UsageCounters for SqliteChatStore {
                     retry_after_ms: (oldest.unwrap_or(now) - now).max(0) as u64,
                 });
             }
-            c.execute(
+            c.execute_cached(
                 "INSERT INTO usage_slots (key, slot_id, expires_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (key, slot_id) DO UPDATE SET expires_at = excluded.expires_at",
                 params![key, slot_id, expires_at],
@@ -917,7 +952,7 @@ impl UsageCounters for SqliteChatStore {
     async fn release_slot(&self, key: &str, slot_id: &str) -> Result<(), StoreError> {
         let (key, slot_id) = (key.to_owned(), slot_id.to_owned());
         self.with(move |c| {
-            c.execute(
+            c.execute_cached(
                 "DELETE FROM usage_slots WHERE key = ?1 AND slot_id = ?2",
                 params![key, slot_id],
             )
