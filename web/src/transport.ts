@@ -9,7 +9,12 @@
 // with exponential backoff and jitter, forever (a failure to get a token is just another failed
 // attempt), and at once when the browser says it is back online or the tab becomes visible.
 // It reports its state through `onStatus` so the page can say what is going on.
+//
+// Live text reaches useChat through a ChunkPacer (pacing.ts): the server's frames widen to half a
+// second on AWS, and the pacer reveals their words steadily instead of in lumps. Replays are
+// shown at once; a turn's end and a stop release whatever the pacer holds.
 import type { ChatTransport, UIMessage, UIMessageChunk } from 'ai';
+import { ChunkPacer, type PacingOptions } from './pacing';
 import { parseServerFrame, type ClientFrame, type ServerFrame } from './protocol';
 
 export interface SessionInfo {
@@ -55,6 +60,8 @@ export interface TransportOptions {
   lifecycle?: { window: EventTarget; document: EventTarget & { visibilityState: string } } | null;
   /** Jitter source, in [0, 1). */
   random?: () => number;
+  /** How live text is paced (pacing.ts); `false` hands every chunk on as it comes. */
+  pacing?: PacingOptions | false;
 }
 
 /** `idle` before the first connection; `reconnecting` after a drop, until a socket opens again. */
@@ -80,6 +87,8 @@ export function backoffDelay(attempt: number, minMs: number, maxMs: number, rand
 
 interface Sink {
   controller: ReadableStreamDefaultController<UIMessageChunk>;
+  /** Paces live chunks into `controller`. */
+  pacer: ChunkPacer;
   /** The stream starts at the `start` chunk with this message id. */
   waitFor?: string;
 }
@@ -260,6 +269,8 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     const turn = state.assistantMessageId;
     if (turn && state.stopSentFor === turn) return;
     state.stopSentFor = turn;
+    // The stop names every applied event: show what the pacer still holds of them.
+    state.sink?.pacer.flush();
     this.send({
       action: 'stop',
       chatId,
@@ -284,6 +295,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     const state = this.chats.get(chatId);
     if (!state) return;
     state.following = false;
+    state.sink?.pacer.cancel();
     state.sink = undefined;
     if (state.gapTimer) clearTimeout(state.gapTimer);
     this.send({ action: 'unsubscribe', chatId });
@@ -327,7 +339,22 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     const state = this.state(chatId);
     return new ReadableStream<UIMessageChunk>({
       start: (controller) => {
-        const sink: Sink = { controller, waitFor };
+        const emit = (chunk: UIMessageChunk) => {
+          try {
+            controller.enqueue(chunk);
+          } catch {
+            // The stream was closed or cancelled: nobody reads it any more.
+            sink.pacer.cancel();
+            if (state.sink === sink) state.sink = undefined;
+          }
+        };
+        const pacing = this.options.pacing;
+        const sink: Sink = {
+          controller,
+          waitFor,
+          pacer: new ChunkPacer(emit, pacing === false ? { tickMs: Infinity } : pacing),
+        };
+        state.sink?.pacer.cancel();
         state.sink = sink;
         // The turn may have begun (or even ended) before the stream existed.
         if (state.turn.length > 0 && startId(state.turn[0]) === waitFor) {
@@ -337,6 +364,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
         }
       },
       cancel: () => {
+        state.sink?.pacer.cancel();
         if (state.sink?.controller) state.sink = undefined;
       },
     });
@@ -345,6 +373,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
   private closeSink(state: ChatState) {
     const sink = state.sink;
     state.sink = undefined;
+    sink?.pacer.flush();
     try {
       sink?.controller.close();
     } catch {
@@ -573,7 +602,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
           // (its completed turns are in the history over HTTP): take up from where the replay
           // starts, or the events before it would stay a gap asked for again and again.
           state.lastApplied = frame.replayFrom;
-          this.drainHeld(state, frame.chatId);
+          this.drainHeld(state, frame.chatId, false);
         }
         break;
       }
@@ -601,16 +630,21 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
       const id = frame.firstEventId + i;
       if (id > state.lastApplied && !state.held.has(id)) state.held.set(id, chunk);
     });
-    this.drainHeld(state, frame.chatId);
+    const live = !frame.replay;
+    if (live) state.sink?.pacer.frame();
+    this.drainHeld(state, frame.chatId, live);
   }
 
-  /** Applies the held events that follow the last applied one; a gap left open asks for a replay. */
-  private drainHeld(state: ChatState, chatId: string) {
+  /**
+   * Applies the held events that follow the last applied one; a gap left open asks for a replay.
+   * `live`: they came with a live frame, so their text is paced; a replay's is shown at once.
+   */
+  private drainHeld(state: ChatState, chatId: string, live: boolean) {
     for (const id of [...state.held.keys()]) if (id <= state.lastApplied) state.held.delete(id);
     for (let next = state.held.get(state.lastApplied + 1); next; next = state.held.get(state.lastApplied + 1)) {
       state.held.delete(state.lastApplied + 1);
       state.lastApplied += 1;
-      this.apply(state, next);
+      this.apply(state, next, live);
     }
     if (state.held.size === 0) {
       if (state.gapTimer) clearTimeout(state.gapTimer);
@@ -625,7 +659,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     }
   }
 
-  private apply(state: ChatState, chunk: UIMessageChunk) {
+  private apply(state: ChatState, chunk: UIMessageChunk, live: boolean) {
     if (chunk.type === 'start') {
       state.turn = [chunk];
       state.turnOpen = true;
@@ -641,11 +675,8 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     }
     const sink = state.sink;
     if (sink && !sink.waitFor && (state.turnOpen || chunk.type === 'finish')) {
-      try {
-        sink.controller.enqueue(chunk);
-      } catch {
-        state.sink = undefined;
-      }
+      if (live) sink.pacer.live(chunk);
+      else sink.pacer.immediate(chunk);
     }
     if (chunk.type === 'finish') {
       state.turnOpen = false;
