@@ -12,7 +12,9 @@
 // Everything else goes out in order without waiting of its own: a replay (a resume, a refresh)
 // is shown at once, and a `finish`, `abort` or `error` (or the user's stop, through `flush`)
 // releases whatever is held immediately. Pieces concatenate to the delta they came from, so
-// the message useChat builds is the same as without pacing.
+// the message useChat builds is the same as without pacing. A stop names the event being
+// revealed (`shownThrough`), not the last one received: useChat stops showing text the moment
+// the user stops, so the stored reply must end where the reveal was, not a frame later.
 import type { UIMessageChunk } from 'ai';
 
 export interface PacingOptions {
@@ -53,8 +55,10 @@ export class ChunkPacer {
   private readonly tickMs: number;
   private readonly maxPieceChars: number;
   private readonly now: () => number;
-  /** Held chunks, in order: delta pieces and whatever came between them. */
-  private queue: UIMessageChunk[] = [];
+  /** Held chunks, in order: delta pieces and whatever came between them, with their event ids. */
+  private queue: { chunk: UIMessageChunk; id?: number }[] = [];
+  /** The event id of the last chunk let out. */
+  private lastOut?: number;
   /** How many of `queue` are delta pieces (the rest go out as soon as they are reached). */
   private pieces = 0;
   /** Everything held is out by then. */
@@ -84,32 +88,42 @@ export class ChunkPacer {
     this.releaseBy = now + Math.min(gap * this.spreadFactor, this.maxSpreadMs);
   }
 
-  /** A chunk of a live frame. */
-  live(chunk: UIMessageChunk) {
+  /** A chunk of a live frame (event `id`). */
+  live(chunk: UIMessageChunk, id?: number) {
     if (isTerminal(chunk)) {
       this.lastFrameAt = undefined;
-      this.immediate(chunk);
+      this.immediate(chunk, id);
       return;
     }
     if (this.queue.length === 0 && (!isDelta(chunk) || this.releaseBy - this.now() <= this.tickMs)) {
-      this.emit(chunk);
+      this.out(chunk, id);
       return;
     }
     if (isDelta(chunk)) {
       for (const delta of splitWords(chunk.delta, this.maxPieceChars)) {
-        this.queue.push({ ...chunk, delta });
+        this.queue.push({ chunk: { ...chunk, delta }, id });
         this.pieces += 1;
       }
     } else {
-      this.queue.push(chunk);
+      this.queue.push({ chunk, id });
     }
     if (!this.timer) this.timer = setTimeout(() => this.tick(), 0);
   }
 
   /** A chunk to show at once (a replay): whatever is held goes first. */
-  immediate(chunk: UIMessageChunk) {
+  immediate(chunk: UIMessageChunk, id?: number) {
     this.flush();
-    this.emit(chunk);
+    this.out(chunk, id);
+  }
+
+  /**
+   * While chunks are held: the last event of which anything is out (the one being revealed,
+   * or the one before the first held). Undefined when nothing is held: everything is out.
+   */
+  shownThrough(): number | undefined {
+    const first = this.queue[0]?.id;
+    if (first === undefined) return undefined;
+    return first === this.lastOut ? first : first - 1;
   }
 
   /** Releases everything held, in order (the user stopped the turn). */
@@ -118,7 +132,7 @@ export class ChunkPacer {
     const held = this.queue;
     this.queue = [];
     this.pieces = 0;
-    for (const chunk of held) this.emit(chunk);
+    for (const { chunk, id } of held) this.out(chunk, id);
   }
 
   /** Drops everything held (nobody reads the stream any more). */
@@ -133,6 +147,11 @@ export class ChunkPacer {
     return this.queue.length > 0;
   }
 
+  private out(chunk: UIMessageChunk, id: number | undefined) {
+    if (id !== undefined) this.lastOut = id;
+    this.emit(chunk);
+  }
+
   private clearTimer() {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
@@ -145,13 +164,13 @@ export class ChunkPacer {
     let share = left <= this.tickMs ? Infinity : Math.ceil((this.pieces * this.tickMs) / left);
     while (this.queue.length > 0) {
       const head = this.queue[0];
-      if (isDelta(head)) {
+      if (isDelta(head.chunk)) {
         if (share <= 0) break;
         share -= 1;
         this.pieces -= 1;
       }
       this.queue.shift();
-      this.emit(head);
+      this.out(head.chunk, head.id);
     }
     if (this.queue.length > 0) this.timer = setTimeout(() => this.tick(), this.tickMs);
   }

@@ -269,14 +269,15 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     const turn = state.assistantMessageId;
     if (turn && state.stopSentFor === turn) return;
     state.stopSentFor = turn;
-    // The stop names every applied event: show what the pacer still holds of them.
+    // The last event this page showed, so the stored reply ends exactly where the text froze on
+    // screen (events already in flight, or held by the pacer, are not kept): useChat stops
+    // showing text at the stop. What the pacer holds is let out all the same, in order.
+    const shown = state.sink?.pacer.shownThrough() ?? state.lastApplied;
     state.sink?.pacer.flush();
     this.send({
       action: 'stop',
       chatId,
-      // With the last event this page showed, so the stored reply ends exactly where the
-      // text froze on screen (events already in flight are not kept).
-      ...(state.runId ? { runId: state.runId, lastEventId: state.lastApplied } : {}),
+      ...(state.runId ? { runId: state.runId, lastEventId: shown } : {}),
       ...(turn ? { assistantMessageId: turn } : {}),
     });
   }
@@ -644,7 +645,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     for (let next = state.held.get(state.lastApplied + 1); next; next = state.held.get(state.lastApplied + 1)) {
       state.held.delete(state.lastApplied + 1);
       state.lastApplied += 1;
-      this.apply(state, next, live);
+      this.apply(state, next, state.lastApplied, live);
     }
     if (state.held.size === 0) {
       if (state.gapTimer) clearTimeout(state.gapTimer);
@@ -659,7 +660,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     }
   }
 
-  private apply(state: ChatState, chunk: UIMessageChunk, live: boolean) {
+  private apply(state: ChatState, chunk: UIMessageChunk, id: number, live: boolean) {
     if (chunk.type === 'start') {
       state.turn = [chunk];
       state.turnOpen = true;
@@ -675,8 +676,8 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     }
     const sink = state.sink;
     if (sink && !sink.waitFor && (state.turnOpen || chunk.type === 'finish')) {
-      if (live) sink.pacer.live(chunk);
-      else sink.pacer.immediate(chunk);
+      if (live) sink.pacer.live(chunk, id);
+      else sink.pacer.immediate(chunk, id);
     }
     if (chunk.type === 'finish') {
       state.turnOpen = false;

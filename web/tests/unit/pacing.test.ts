@@ -133,6 +133,8 @@ describe('ChunkPacer', () => {
     reply[1].forEach((c) => p.live(c));
     await vi.advanceTimersByTimeAsync(100);
     expect(p.holding()).toBe(true);
+    // Events given without ids: nothing to name.
+    expect(p.shownThrough()).toBeUndefined();
     const before = out.length;
     p.flush();
     expect(p.holding()).toBe(false);
@@ -146,6 +148,25 @@ describe('ChunkPacer', () => {
     p.immediate({ type: 'text-delta', id: 't1', delta: 'replayed ' });
     expect(p.holding()).toBe(false);
     expect(textOf(out).endsWith('held words here and more of them replayed ')).toBe(true);
+  });
+
+  it('names the event being revealed while it holds chunks', async () => {
+    const { p } = pacer();
+    p.frame();
+    p.live({ type: 'start' }, 1);
+    p.live({ type: 'text-start', id: 't1' }, 2);
+    p.live({ type: 'text-delta', id: 't1', delta: 'first words ' }, 3);
+    expect(p.shownThrough()).toBeUndefined();
+    await vi.advanceTimersByTimeAsync(500);
+    p.frame();
+    p.live({ type: 'text-delta', id: 't1', delta: 'one two three four five six seven eight ' }, 4);
+    p.live({ type: 'text-delta', id: 't1', delta: 'nine ten ' }, 5);
+    // Nothing of event 4 is out yet: the page shows through event 3.
+    expect(p.shownThrough()).toBe(3);
+    await vi.advanceTimersByTimeAsync(100);
+    expect(p.shownThrough()).toBe(4);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(p.shownThrough()).toBeUndefined();
   });
 
   it('shows a frame that came after a long pause over at most a second', async () => {

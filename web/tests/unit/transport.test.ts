@@ -544,20 +544,27 @@ describe('WebSocketChatTransport with pacing (the page default)', () => {
     t.close();
   });
 
-  it('shows what it holds at once when the user stops, and names every applied event', async () => {
+  it('on a stop, names the event being revealed and lets out what it holds, in order', async () => {
     vi.useFakeTimers();
-    const frames = reply(3);
+    const frames = reply(4);
     const { t, stream, socket } = await startPaced();
     const read = reader(stream);
     socket.emit(frames[0]);
     await vi.advanceTimersByTimeAsync(500);
     socket.emit(frames[1]);
     await vi.advanceTimersByTimeAsync(100);
-    expect(text(read.got).length).toBeLessThan(text(frames[0].chunks).length + text(frames[1].chunks).length);
+    socket.emit(frames[2]);
+    await vi.advanceTimersByTimeAsync(0);
+    // Part of frame 1 is on screen, the rest of it and frame 2 are held.
+    const shownBefore = text(read.got);
+    expect(shownBefore.length).toBeGreaterThan(text(frames[0].chunks).length);
+    expect(shownBefore.length).toBeLessThan(text(frames[0].chunks).length + text(frames[1].chunks).length);
     t.stopTurn('c1');
     await vi.advanceTimersByTimeAsync(0);
-    expect(text(read.got)).toBe(text(frames[0].chunks) + text(frames[1].chunks));
-    expect(socket.last('stop')).toMatchObject({ lastEventId: frames[0].chunks.length + frames[1].chunks.length });
+    // useChat shows nothing after a stop: the stored reply ends with the event being revealed
+    // (frame 1's), not with frame 2, which was received but not shown.
+    expect(socket.last('stop')).toMatchObject({ lastEventId: frames[1].firstEventId });
+    expect(text(read.got)).toBe(text(frames[0].chunks) + text(frames[1].chunks) + text(frames[2].chunks));
     t.close();
   });
 
