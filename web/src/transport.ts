@@ -338,6 +338,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
 
   private openStream(chatId: string, waitFor: string | undefined): ReadableStream<UIMessageChunk> {
     const state = this.state(chatId);
+    let mine: Sink | undefined;
     return new ReadableStream<UIMessageChunk>({
       start: (controller) => {
         const emit = (chunk: UIMessageChunk) => {
@@ -357,6 +358,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
         };
         state.sink?.pacer.cancel();
         state.sink = sink;
+        mine = sink;
         // The turn may have begun (or even ended) before the stream existed.
         if (state.turn.length > 0 && startId(state.turn[0]) === waitFor) {
           sink.waitFor = undefined;
@@ -365,8 +367,9 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
         }
       },
       cancel: () => {
-        state.sink?.pacer.cancel();
-        if (state.sink?.controller) state.sink = undefined;
+        // Only this stream's sink: a newer stream of the chat may have replaced it.
+        mine?.pacer.cancel();
+        if (state.sink === mine) state.sink = undefined;
       },
     });
   }
