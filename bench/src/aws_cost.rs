@@ -257,9 +257,61 @@ async fn emulators(root: &Path) -> anyhow::Result<(Vec<Emulator>, String, String
     Ok((guards, dynamo_url, moto_url))
 }
 
+/// A frame cadence to measure, as `--intervals` names it: `50` frames every 50 ms for the whole
+/// reply (`0`: every token posted on its own); `50-500` starts at 50 ms and widens to 500 ms
+/// after the engine's default ramp; `50-500/2000` after a ramp of 2,000 ms
+/// (`CHAT_FRAME_INTERVAL_MS`, `CHAT_FRAME_INTERVAL_MAX_MS`, `CHAT_FRAME_RAMP_MS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cadence {
+    pub base_ms: u64,
+    pub max_ms: u64,
+    pub ramp_ms: Option<u64>,
+}
+
+impl std::str::FromStr for Cadence {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let number = |part: &str| {
+            part.trim()
+                .parse::<u64>()
+                .map_err(|e| format!("{raw:?}: {part:?} is not a number of milliseconds: {e}"))
+        };
+        let (range, ramp_ms) = match raw.split_once('/') {
+            Some((range, ramp)) => (range, Some(number(ramp)?)),
+            None => (raw, None),
+        };
+        let (base_ms, max_ms) = match range.split_once('-') {
+            Some((base, max)) => (number(base)?, number(max)?),
+            None => (number(range)?, number(range)?),
+        };
+        if max_ms < base_ms {
+            return Err(format!("{raw:?}: the widest interval is below the first"));
+        }
+        Ok(Cadence {
+            base_ms,
+            max_ms,
+            ramp_ms,
+        })
+    }
+}
+
+impl std::fmt::Display for Cadence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.base_ms, self.max_ms, self.ramp_ms) {
+            (0, 0, _) => write!(f, "every token posted"),
+            (base, max, _) if base == max => write!(f, "{base} ms frames"),
+            (base, max, None) => write!(f, "{base} ms, widening to {max} ms"),
+            (base, max, Some(ramp)) => {
+                write!(f, "{base} ms for {ramp} ms, widening to {max} ms")
+            }
+        }
+    }
+}
+
 /// What one configuration cost.
 pub struct CostRun {
-    pub interval_ms: u64,
+    pub cadence: Cadence,
     pub turns: usize,
     pub dynamodb: BTreeMap<String, Tally>,
     pub sqs: BTreeMap<String, Tally>,
@@ -284,7 +336,7 @@ async fn one_run(
     chatrun: &Path,
     dynamo: &str,
     sqs: &str,
-    interval_ms: u64,
+    cadence: Cadence,
     tokens: usize,
     rate: f64,
     turns: usize,
@@ -310,7 +362,13 @@ async fn one_run(
         .arg(dir.join("no-web"))
         .env("CHAT_OFFLINE_TOKENS_PER_SEC", rate.to_string())
         .env("CHAT_OFFLINE_REPLY_TOKENS", tokens.to_string())
-        .env("CHAT_FRAME_INTERVAL_MS", interval_ms.to_string())
+        .env("CHAT_FRAME_INTERVAL_MS", cadence.base_ms.to_string())
+        .env("CHAT_FRAME_INTERVAL_MAX_MS", cadence.max_ms.to_string())
+        .envs(
+            cadence
+                .ramp_ms
+                .map(|ramp| ("CHAT_FRAME_RAMP_MS", ramp.to_string())),
+        )
         .env("AWS_ACCESS_KEY_ID", "bench")
         .env("AWS_SECRET_ACCESS_KEY", "bench")
         .env("AWS_REGION", "us-east-1")
@@ -399,7 +457,7 @@ async fn one_run(
         let dynamodb = dynamo_counts.lock().expect("lock").clone();
         let sqs = sqs_counts.lock().expect("lock").clone();
         Ok(CostRun {
-            interval_ms,
+            cadence,
             turns,
             dynamodb,
             sqs,
@@ -416,13 +474,13 @@ async fn one_run(
     result
 }
 
-/// Runs `turns` turns of `tokens` tokens at each frame interval and prints the counts and the
+/// Runs `turns` turns of `tokens` tokens at each frame cadence and prints the counts and the
 /// cost per 1,000 turns.
 /// # Errors
 /// The emulators or chatrun do not start, or a turn fails.
 pub async fn run(
     chatrun: &Path,
-    intervals: &[u64],
+    cadences: &[Cadence],
     tokens: usize,
     rate: f64,
     turns: usize,
@@ -431,11 +489,9 @@ pub async fn run(
     let root = std::env::current_dir()?;
     let (_emulators, dynamo, sqs) = emulators(&root).await?;
     let mut runs = Vec::new();
-    for &interval in intervals {
-        eprintln!(
-            "aws-cost: {turns} turns of {tokens} tokens at {rate} tokens/s, frames every {interval} ms"
-        );
-        runs.push(one_run(chatrun, &dynamo, &sqs, interval, tokens, rate, turns).await?);
+    for &cadence in cadences {
+        eprintln!("aws-cost: {turns} turns of {tokens} tokens at {rate} tokens/s, {cadence}");
+        runs.push(one_run(chatrun, &dynamo, &sqs, cadence, tokens, rate, turns).await?);
     }
     println!("{}", report(&runs, tokens, rate, sizes));
     Ok(())
@@ -451,16 +507,7 @@ fn per_turn(run: &CostRun, v: f64) -> f64 {
 /// The markdown report: requests by kind per turn, then dollars per 1,000 turns.
 pub fn report(runs: &[CostRun], tokens: usize, rate: f64, sizes: &LambdaSizes) -> String {
     let mut out = String::new();
-    let header: Vec<String> = runs
-        .iter()
-        .map(|r| {
-            if r.interval_ms == 0 {
-                "every token posted".to_owned()
-            } else {
-                format!("{} ms frames", r.interval_ms)
-            }
-        })
-        .collect();
+    let header: Vec<String> = runs.iter().map(|r| r.cadence.to_string()).collect();
     let _ = writeln!(
         out,
         "Per turn of {tokens} tokens at {rate} tokens/s (mean of {} turns per column):\n",
@@ -613,4 +660,27 @@ pub fn report(runs: &[CostRun], tokens: usize, rate: f64, sizes: &LambdaSizes) -
         let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cadence;
+
+    #[test]
+    fn a_cadence_is_a_fixed_interval_or_a_range_with_an_optional_ramp() {
+        let fixed: Cadence = "50".parse().unwrap();
+        assert_eq!((fixed.base_ms, fixed.max_ms, fixed.ramp_ms), (50, 50, None));
+        assert_eq!(fixed.to_string(), "50 ms frames");
+        assert_eq!(
+            "0".parse::<Cadence>().unwrap().to_string(),
+            "every token posted"
+        );
+        let adaptive: Cadence = "50-500".parse().unwrap();
+        assert_eq!((adaptive.base_ms, adaptive.max_ms), (50, 500));
+        assert_eq!(adaptive.to_string(), "50 ms, widening to 500 ms");
+        let ramped: Cadence = "50-500/2000".parse().unwrap();
+        assert_eq!(ramped.ramp_ms, Some(2000));
+        assert!("500-50".parse::<Cadence>().is_err());
+        assert!("fast".parse::<Cadence>().is_err());
+    }
 }

@@ -92,12 +92,13 @@ enum Cmd {
     },
     /// Count the AWS requests of long turns through the AWS adapters against DynamoDB Local and
     /// moto (installed by `scripts/emulators/install.sh`) and price them per 1,000 turns, at
-    /// each frame interval (0: every token posted on its own).
+    /// each frame cadence: `50` (fixed; 0: every token posted on its own), `50-500` (50 ms,
+    /// widening to 500 ms after the engine's ramp), `50-500/2000` (after a 2,000 ms ramp).
     AwsCost {
         #[arg(long, default_value = "target/release/chatrun")]
         chatrun: PathBuf,
-        #[arg(long, value_delimiter = ',', default_values_t = vec![0u64, 50, 250, 1000])]
-        intervals: Vec<u64>,
+        #[arg(long, value_delimiter = ',', default_value = "0,50,50-500,250,1000")]
+        intervals: Vec<aws_cost::Cadence>,
         #[arg(long, default_value_t = 500)]
         tokens: usize,
         /// The model's speed: run-turn is billed for the whole reply.

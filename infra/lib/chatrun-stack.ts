@@ -79,6 +79,19 @@ export const TURN_PIPELINE = {
   leaseSeconds: 45,
 } as const;
 
+/**
+ * run-turn's frame cadence (crates/core/src/config.rs, `FrameCadence`): every frame costs a
+ * DynamoDB write, a read and an API Gateway message, so after the first second of a reply at 50 ms
+ * the frames widen to 500 ms, and the page smooths them into a steady reveal. Measured in
+ * BENCHMARKS.md ("The AWS cost of a turn"): $0.14 per 1,000 500-token turns (ten turns per
+ * invocation) instead of $0.50 at a fixed 50 ms.
+ */
+export const FRAME_CADENCE = {
+  intervalMs: 50,
+  maxIntervalMs: 500,
+  rampMs: 1000,
+} as const;
+
 /** The table actions each function's code paths use (crates/aws/src/dynamo.rs by store method). */
 const TABLE_ACTIONS: Record<FunctionName, string[]> = {
   // $connect writes the connection; $disconnect reads it and deletes it with its subscriptions.
@@ -224,6 +237,9 @@ export class ChatrunStack extends cdk.Stack {
       CHAT_DEAD_LETTER_QUEUE_ARN: deadLetters.queueArn,
       CHAT_TURN_LEASE_SECS: String(pipeline.leaseSeconds),
       CHAT_MAX_RECEIVES: String(pipeline.maxReceiveCount),
+      CHAT_FRAME_INTERVAL_MS: String(FRAME_CADENCE.intervalMs),
+      CHAT_FRAME_INTERVAL_MAX_MS: String(FRAME_CADENCE.maxIntervalMs),
+      CHAT_FRAME_RAMP_MS: String(FRAME_CADENCE.rampMs),
     });
     const api = fn('api', cdk.Duration.seconds(20), 256, modelEnv);
     const functions: Record<FunctionName, lambda.Function> = { connect, 'send-message': sendMessage, 'run-turn': runTurn, 'stream-out': streamOut, api };

@@ -8,7 +8,7 @@ import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { placeholderFunctionAssets, placeholderWebDist } from '../lib/assets.js';
 import { assemblyBootstraps } from '../lib/bootstraps.js';
-import { ChatrunStack, FUNCTION_NAMES, type FunctionName, TURN_PIPELINE } from '../lib/chatrun-stack.js';
+import { ChatrunStack, FRAME_CADENCE, FUNCTION_NAMES, type FunctionName, TURN_PIPELINE } from '../lib/chatrun-stack.js';
 
 type Props = ConstructorParameters<typeof ChatrunStack>[2];
 
@@ -101,6 +101,13 @@ describe('chatrun stack', () => {
     assert.deepEqual(env.CHAT_TURN_QUEUE_URL, { Ref: turnsId });
     assert.deepEqual(env.CHAT_DEAD_LETTER_QUEUE_URL, { Ref: deadLettersId });
     assert.deepEqual(env.CHAT_DEAD_LETTER_QUEUE_ARN, { 'Fn::GetAtt': [deadLettersId, 'Arn'] });
+    // Every frame is billed (a write, a read, a message): run-turn widens its frames after the
+    // first second of a reply.
+    assert.equal(env.CHAT_FRAME_INTERVAL_MS, String(FRAME_CADENCE.intervalMs));
+    assert.equal(env.CHAT_FRAME_INTERVAL_MAX_MS, String(FRAME_CADENCE.maxIntervalMs));
+    assert.equal(env.CHAT_FRAME_RAMP_MS, String(FRAME_CADENCE.rampMs));
+    assert.ok(FRAME_CADENCE.maxIntervalMs > FRAME_CADENCE.intervalMs, 'an adaptive cadence');
+    assert.ok(FRAME_CADENCE.maxIntervalMs <= 1000, 'the page spreads a frame over at most a second');
 
     const mappings = resources('AWS::Lambda::EventSourceMapping');
     assert.equal(mappings.length, 2, 'the turn queue and its dead-letter queue');
@@ -131,7 +138,10 @@ describe('chatrun stack', () => {
       // The ARN names the provider whose models send-message accepts; it cannot read the key.
       'send-message': ['CHAT_TURN_QUEUE_URL', 'CHAT_WS_MANAGEMENT_ENDPOINT', 'CHAT_MODEL_API_KEY_SECRET_ARN'],
       'stream-out': ['CHAT_WS_MANAGEMENT_ENDPOINT'],
-      'run-turn': ['CHAT_TURN_QUEUE_URL', 'CHAT_DEAD_LETTER_QUEUE_URL', 'CHAT_DEAD_LETTER_QUEUE_ARN', 'CHAT_WS_MANAGEMENT_ENDPOINT', 'CHAT_MODEL_API_KEY_SECRET_ARN'],
+      'run-turn': [
+        'CHAT_TURN_QUEUE_URL', 'CHAT_DEAD_LETTER_QUEUE_URL', 'CHAT_DEAD_LETTER_QUEUE_ARN', 'CHAT_WS_MANAGEMENT_ENDPOINT', 'CHAT_MODEL_API_KEY_SECRET_ARN',
+        'CHAT_FRAME_INTERVAL_MS', 'CHAT_FRAME_INTERVAL_MAX_MS', 'CHAT_FRAME_RAMP_MS',
+      ],
       api: ['CHAT_MODEL_API_KEY_SECRET_ARN'],
     };
     for (const [name, f] of Object.entries(functions) as [FunctionName, any][]) {

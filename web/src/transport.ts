@@ -9,7 +9,12 @@
 // with exponential backoff and jitter, forever (a failure to get a token is just another failed
 // attempt), and at once when the browser says it is back online or the tab becomes visible.
 // It reports its state through `onStatus` so the page can say what is going on.
+//
+// Live text reaches useChat through a ChunkPacer (pacing.ts): the server's frames widen to half a
+// second on AWS, and the pacer reveals their words steadily instead of in lumps. Replays are
+// shown at once; a turn's end and a stop release whatever the pacer holds.
 import type { ChatTransport, UIMessage, UIMessageChunk } from 'ai';
+import { ChunkPacer, type PacingOptions } from './pacing';
 import { parseServerFrame, type ClientFrame, type ServerFrame } from './protocol';
 
 export interface SessionInfo {
@@ -55,6 +60,8 @@ export interface TransportOptions {
   lifecycle?: { window: EventTarget; document: EventTarget & { visibilityState: string } } | null;
   /** Jitter source, in [0, 1). */
   random?: () => number;
+  /** How live text is paced (pacing.ts); `false` hands every chunk on as it comes. */
+  pacing?: PacingOptions | false;
 }
 
 /** `idle` before the first connection; `reconnecting` after a drop, until a socket opens again. */
@@ -80,6 +87,8 @@ export function backoffDelay(attempt: number, minMs: number, maxMs: number, rand
 
 interface Sink {
   controller: ReadableStreamDefaultController<UIMessageChunk>;
+  /** Paces live chunks into `controller`. */
+  pacer: ChunkPacer;
   /** The stream starts at the `start` chunk with this message id. */
   waitFor?: string;
 }
@@ -260,12 +269,15 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     const turn = state.assistantMessageId;
     if (turn && state.stopSentFor === turn) return;
     state.stopSentFor = turn;
+    // The last event this page showed, so the stored reply ends exactly where the text froze on
+    // screen (events already in flight, or held by the pacer, are not kept): useChat stops
+    // showing text at the stop. What the pacer holds is let out all the same, in order.
+    const shown = state.sink?.pacer.shownThrough() ?? state.lastApplied;
+    state.sink?.pacer.flush();
     this.send({
       action: 'stop',
       chatId,
-      // With the last event this page showed, so the stored reply ends exactly where the
-      // text froze on screen (events already in flight are not kept).
-      ...(state.runId ? { runId: state.runId, lastEventId: state.lastApplied } : {}),
+      ...(state.runId ? { runId: state.runId, lastEventId: shown } : {}),
       ...(turn ? { assistantMessageId: turn } : {}),
     });
   }
@@ -284,6 +296,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     const state = this.chats.get(chatId);
     if (!state) return;
     state.following = false;
+    state.sink?.pacer.cancel();
     state.sink = undefined;
     if (state.gapTimer) clearTimeout(state.gapTimer);
     this.send({ action: 'unsubscribe', chatId });
@@ -325,10 +338,27 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
 
   private openStream(chatId: string, waitFor: string | undefined): ReadableStream<UIMessageChunk> {
     const state = this.state(chatId);
+    let mine: Sink | undefined;
     return new ReadableStream<UIMessageChunk>({
       start: (controller) => {
-        const sink: Sink = { controller, waitFor };
+        const emit = (chunk: UIMessageChunk) => {
+          try {
+            controller.enqueue(chunk);
+          } catch {
+            // The stream was closed or cancelled: nobody reads it any more.
+            sink.pacer.cancel();
+            if (state.sink === sink) state.sink = undefined;
+          }
+        };
+        const pacing = this.options.pacing;
+        const sink: Sink = {
+          controller,
+          waitFor,
+          pacer: new ChunkPacer(emit, pacing === false ? { tickMs: Infinity } : pacing),
+        };
+        state.sink?.pacer.cancel();
         state.sink = sink;
+        mine = sink;
         // The turn may have begun (or even ended) before the stream existed.
         if (state.turn.length > 0 && startId(state.turn[0]) === waitFor) {
           sink.waitFor = undefined;
@@ -337,7 +367,9 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
         }
       },
       cancel: () => {
-        if (state.sink?.controller) state.sink = undefined;
+        // Only this stream's sink: a newer stream of the chat may have replaced it.
+        mine?.pacer.cancel();
+        if (state.sink === mine) state.sink = undefined;
       },
     });
   }
@@ -345,6 +377,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
   private closeSink(state: ChatState) {
     const sink = state.sink;
     state.sink = undefined;
+    sink?.pacer.flush();
     try {
       sink?.controller.close();
     } catch {
@@ -573,7 +606,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
           // (its completed turns are in the history over HTTP): take up from where the replay
           // starts, or the events before it would stay a gap asked for again and again.
           state.lastApplied = frame.replayFrom;
-          this.drainHeld(state, frame.chatId);
+          this.drainHeld(state, frame.chatId, false);
         }
         break;
       }
@@ -601,16 +634,21 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
       const id = frame.firstEventId + i;
       if (id > state.lastApplied && !state.held.has(id)) state.held.set(id, chunk);
     });
-    this.drainHeld(state, frame.chatId);
+    const live = !frame.replay;
+    if (live) state.sink?.pacer.frame();
+    this.drainHeld(state, frame.chatId, live);
   }
 
-  /** Applies the held events that follow the last applied one; a gap left open asks for a replay. */
-  private drainHeld(state: ChatState, chatId: string) {
+  /**
+   * Applies the held events that follow the last applied one; a gap left open asks for a replay.
+   * `live`: they came with a live frame, so their text is paced; a replay's is shown at once.
+   */
+  private drainHeld(state: ChatState, chatId: string, live: boolean) {
     for (const id of [...state.held.keys()]) if (id <= state.lastApplied) state.held.delete(id);
     for (let next = state.held.get(state.lastApplied + 1); next; next = state.held.get(state.lastApplied + 1)) {
       state.held.delete(state.lastApplied + 1);
       state.lastApplied += 1;
-      this.apply(state, next);
+      this.apply(state, next, state.lastApplied, live);
     }
     if (state.held.size === 0) {
       if (state.gapTimer) clearTimeout(state.gapTimer);
@@ -625,7 +663,7 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     }
   }
 
-  private apply(state: ChatState, chunk: UIMessageChunk) {
+  private apply(state: ChatState, chunk: UIMessageChunk, id: number, live: boolean) {
     if (chunk.type === 'start') {
       state.turn = [chunk];
       state.turnOpen = true;
@@ -641,11 +679,8 @@ export class WebSocketChatTransport implements ChatTransport<UIMessage> {
     }
     const sink = state.sink;
     if (sink && !sink.waitFor && (state.turnOpen || chunk.type === 'finish')) {
-      try {
-        sink.controller.enqueue(chunk);
-      } catch {
-        state.sink = undefined;
-      }
+      if (live) sink.pacer.live(chunk, id);
+      else sink.pacer.immediate(chunk, id);
     }
     if (chunk.type === 'finish') {
       state.turnOpen = false;

@@ -44,8 +44,10 @@ pub struct Settings {
     pub token_secret: String,
     /// `CHAT_USER_TOKEN_SECS` (30 days): lifetime of a user token.
     pub user_token_ttl: Duration,
-    /// `CHAT_FRAME_INTERVAL_MS` (50): deltas are coalesced into one frame for about this long.
-    pub frame_interval: Duration,
+    /// `CHAT_FRAME_INTERVAL_MS` (50), `CHAT_FRAME_INTERVAL_MAX_MS` (the same) and
+    /// `CHAT_FRAME_RAMP_MS` (1000): how long deltas are coalesced into one frame, by how far
+    /// the reply has come (see [`FrameCadence`]).
+    pub frame_cadence: FrameCadence,
     /// `CHAT_FRAME_MAX_BYTES` (4096): a frame is sent early once its deltas reach this size.
     pub frame_max_bytes: usize,
     /// `CHAT_STALE_TURN_SECS` (960): a turn still marked streaming after this long has lost its
@@ -146,7 +148,7 @@ impl Settings {
             session_idle: secs("CHAT_SESSION_IDLE_SECS", 3600)?,
             token_secret,
             user_token_ttl: secs("CHAT_USER_TOKEN_SECS", 30 * 24 * 3600)?,
-            frame_interval: Duration::from_millis(parse_var("CHAT_FRAME_INTERVAL_MS", 50)?),
+            frame_cadence: FrameCadence::from_env()?,
             frame_max_bytes: parse_var("CHAT_FRAME_MAX_BYTES", 4096)?,
             stale_turn_after: secs("CHAT_STALE_TURN_SECS", 960)?,
             max_receives: parse_var("CHAT_MAX_RECEIVES", 3)?,
@@ -169,7 +171,7 @@ impl Settings {
             session_idle: Duration::from_secs(3600),
             token_secret: secret.into(),
             user_token_ttl: Duration::from_secs(30 * 24 * 3600),
-            frame_interval: Duration::from_millis(50),
+            frame_cadence: FrameCadence::fixed(Duration::from_millis(50)),
             frame_max_bytes: 4096,
             stale_turn_after: Duration::from_secs(960),
             max_receives: 3,
@@ -183,6 +185,79 @@ impl Settings {
             guest_sessions_per_ip_per_hour: 30,
             connection_resumes_per_minute: 60,
         }
+    }
+}
+
+/// How long a turn coalesces deltas into one frame, by the time since its first token went out.
+///
+/// The first token always goes out at once. For `ramp` the interval is `base` (the reader waits
+/// for the first words and watches them arrive); after that it widens by a quarter of the time
+/// since the ramp ended, up to `max`. Every frame costs the same on AWS (a `PutItem`, a `Query`
+/// and an API Gateway message), so a long reply at the widened interval costs a fraction of one
+/// at 50 ms, while the page smooths the larger frames into a steady reveal.
+///
+/// The widening is gradual, not a step: at a quarter per millisecond, each frame waits about a
+/// quarter longer than the one before, so a page that spreads a frame's words over 1.25 times the
+/// gap that frame covered never runs dry while the frames grow. A step from 50 ms to 500 ms would
+/// leave the page with nothing to show for 450 ms once, mid-sentence. The cost of the gradual way
+/// is small: from 50 ms to 500 ms takes 1.8 s and about nine frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameCadence {
+    /// The interval at first.
+    pub base: Duration,
+    /// The widest interval.
+    pub max: Duration,
+    /// How long a reply streams at `base` before the interval widens.
+    pub ramp: Duration,
+}
+
+/// The ramp when `CHAT_FRAME_RAMP_MS` is unset: the first second of a reply streams at the base
+/// interval.
+const DEFAULT_FRAME_RAMP: Duration = Duration::from_millis(1000);
+
+impl FrameCadence {
+    /// The same interval for the whole reply (the local gateway: no price per message).
+    pub fn fixed(interval: Duration) -> Self {
+        FrameCadence {
+            base: interval,
+            max: interval,
+            ramp: DEFAULT_FRAME_RAMP,
+        }
+    }
+
+    /// `base` for `ramp`, then widening to `max`.
+    /// # Errors
+    /// A `max` below `base` (named as `CHAT_FRAME_INTERVAL_MAX_MS`, where it comes from).
+    pub fn adaptive(base: Duration, max: Duration, ramp: Duration) -> Result<Self, ConfigError> {
+        if max < base {
+            return Err(ConfigError {
+                name: "CHAT_FRAME_INTERVAL_MAX_MS",
+                problem: format!(
+                    "is {} ms, below CHAT_FRAME_INTERVAL_MS ({} ms); it must be at least that",
+                    max.as_millis(),
+                    base.as_millis()
+                ),
+            });
+        }
+        Ok(FrameCadence { base, max, ramp })
+    }
+
+    /// Reads `CHAT_FRAME_INTERVAL_MS` (50), `CHAT_FRAME_INTERVAL_MAX_MS` (the base: a fixed
+    /// cadence) and `CHAT_FRAME_RAMP_MS` (1000).
+    /// # Errors
+    /// A value that is not a whole number of milliseconds, or a max below the base.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let millis = |name, default| parse_var::<u64>(name, default).map(Duration::from_millis);
+        let base = millis("CHAT_FRAME_INTERVAL_MS", 50)?;
+        let max = millis("CHAT_FRAME_INTERVAL_MAX_MS", base.as_millis() as u64)?;
+        let ramp = millis("CHAT_FRAME_RAMP_MS", DEFAULT_FRAME_RAMP.as_millis() as u64)?;
+        Self::adaptive(base, max, ramp)
+    }
+
+    /// How long deltas that begin to wait `elapsed` after the turn's first frame are coalesced.
+    pub fn interval_at(&self, elapsed: Duration) -> Duration {
+        let widening = elapsed.saturating_sub(self.ramp) / 4;
+        (self.base + widening).min(self.max).max(self.base)
     }
 }
 
@@ -464,6 +539,21 @@ mod tests {
         assert_eq!(single.models().len(), 1);
         assert_eq!(single.models()[0].label, "gpt-4o-mini (OpenAI-compatible)");
         assert!(!single.models()[0].offline);
+    }
+
+    #[test]
+    fn the_frame_interval_holds_for_the_ramp_then_widens_by_a_quarter_up_to_the_max() {
+        let ms = Duration::from_millis;
+        let cadence = FrameCadence::adaptive(ms(50), ms(500), ms(1000)).expect("max above base");
+        assert_eq!(cadence.interval_at(ms(0)), ms(50));
+        assert_eq!(cadence.interval_at(ms(1000)), ms(50));
+        assert_eq!(cadence.interval_at(ms(1400)), ms(150));
+        assert_eq!(cadence.interval_at(ms(2800)), ms(500));
+        assert_eq!(cadence.interval_at(ms(60_000)), ms(500));
+        let fixed = FrameCadence::fixed(ms(50));
+        assert_eq!(fixed.interval_at(ms(60_000)), ms(50));
+        let err = FrameCadence::adaptive(ms(50), ms(20), ms(1000)).unwrap_err();
+        assert_eq!(err.name, "CHAT_FRAME_INTERVAL_MAX_MS");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { readUIMessageStream, type UIMessage, type UIMessageChunk } from 'ai';
-import { afterEach, describe, expect, it } from 'vitest';
-import { WebSocketChatTransport, backoffDelay, type SessionInfo } from '../../src/transport';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { WebSocketChatTransport, backoffDelay, type SessionInfo, type TransportOptions } from '../../src/transport';
 
 const fixtures = new URL('../../../fixtures/ai-sdk/', import.meta.url);
 const load = (name: string) => JSON.parse(readFileSync(new URL(name, fixtures), 'utf8'));
@@ -49,13 +49,16 @@ class FakeSocket {
 
 const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
 
-function transport(session?: SessionInfo) {
+/** A transport on a fake socket. Pacing is off unless asked for: most tests check chunks by id
+ * and order, and paced text comes in word-sized pieces (tests/unit/pacing.test.ts). */
+function transport(session?: SessionInfo, pacing: TransportOptions['pacing'] = false) {
   return new WebSocketChatTransport({
     url: async () => 'ws://test/ws?token=t',
     WebSocketImpl: FakeSocket as unknown as typeof WebSocket,
     session: () => session,
     gapTimeoutMs: 30,
     minBackoffMs: 5,
+    pacing,
   });
 }
 
@@ -432,6 +435,151 @@ describe('WebSocketChatTransport connection', () => {
     void t.sendMessages({ trigger: 'submit-message', chatId: 'c1', messageId: 'u1', messages: [edited], abortSignal: undefined }).catch(() => {});
     await tick();
     expect(FakeSocket.all[0].last('send-message')).toMatchObject({ trigger: 'submit-message', messageId: 'u1', message: edited });
+    t.close();
+  });
+});
+
+describe('WebSocketChatTransport with pacing (the page default)', () => {
+  /** The message the `ai` package builds from `chunks`. */
+  async function build(chunks: UIMessageChunk[]) {
+    const source = new ReadableStream<UIMessageChunk>({
+      start(c) {
+        chunks.forEach((chunk) => c.enqueue(chunk));
+        c.close();
+      },
+    });
+    let message: UIMessage | undefined;
+    for await (const m of readUIMessageStream({ stream: source })) message = m;
+    return JSON.parse(JSON.stringify(message));
+  }
+
+  /** Reads `stream` as it comes: what has arrived so far, and when it ended. */
+  function reader(stream: ReadableStream<UIMessageChunk>) {
+    const got: UIMessageChunk[] = [];
+    const done = (async () => {
+      const r = stream.getReader();
+      for (;;) {
+        const { done, value } = await r.read();
+        if (done) return got;
+        got.push(value);
+      }
+    })();
+    return { got, done };
+  }
+
+  const text = (chunks: UIMessageChunk[]) => chunks.map((c) => (c.type === 'text-delta' ? c.delta : '')).join('');
+
+  /** A reply of `n` frames of twenty words each, event ids from 1. */
+  function reply(n: number) {
+    const chunks: UIMessageChunk[][] = Array.from({ length: n }, (_, f) => [
+      { type: 'text-delta', id: 't1', delta: Array.from({ length: 20 }, (_, w) => `f${f}w${w} `).join('') },
+    ]);
+    chunks[0].unshift({ type: 'start', messageId: 'msg-assistant-1' }, { type: 'start-step' }, { type: 'text-start', id: 't1' });
+    chunks[n - 1].push({ type: 'text-end', id: 't1' }, { type: 'finish-step' }, { type: 'finish', finishReason: 'stop' });
+    let next = 1;
+    return chunks.map((c) => {
+      const f = frame(next, c);
+      next += c.length;
+      return f;
+    });
+  }
+
+  async function startPaced() {
+    const t = transport(undefined, {});
+    const started = start(t);
+    await vi.advanceTimersByTimeAsync(0);
+    return { t, ...(await started) };
+  }
+
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  for (const name of ['text', 'reasoning-then-text', 'error-mid-stream', 'stopped']) {
+    it(`builds the ${name} fixture's message from frames 500 ms apart exactly as unpaced`, async () => {
+      vi.useFakeTimers();
+      const chunks: UIMessageChunk[] = load(`${name}.chunks.json`);
+      const { t, stream, socket } = await startPaced();
+      const read = reader(stream);
+      for (let i = 0; i < chunks.length; i += 2) {
+        socket.emit(frame(i + 1, chunks.slice(i, i + 2)));
+        await vi.advanceTimersByTimeAsync(500);
+      }
+      // The `ai` package's stopped stream ends at `abort` (chatrun's server sends `finish` after
+      // it, which closes the stream).
+      const got = chunks.some((c) => c.type === 'finish') ? await read.done : read.got;
+      expect(got.map((c) => c.type).filter((type) => !type.endsWith('-delta'))).toEqual(
+        chunks.map((c) => c.type).filter((type) => !type.endsWith('-delta')),
+      );
+      expect(await build(got)).toEqual(load(`${name}.message.json`));
+      t.close();
+    });
+  }
+
+  it('reveals a 500 ms frame word by word, and releases what it holds at once on finish', async () => {
+    vi.useFakeTimers();
+    const frames = reply(4);
+    const { t, stream, socket } = await startPaced();
+    const read = reader(stream);
+    socket.emit(frames[0]);
+    await vi.advanceTimersByTimeAsync(0);
+    // A reply's first frame at once.
+    expect(text(read.got)).toBe(text(frames[0].chunks));
+    await vi.advanceTimersByTimeAsync(500);
+    socket.emit(frames[1]);
+    await vi.advanceTimersByTimeAsync(250);
+    const shown = text(read.got).length - text(frames[0].chunks).length;
+    // About 250 / 625 of the second frame's words, not none and not all.
+    expect(shown).toBeGreaterThan(0);
+    expect(shown).toBeLessThan(text(frames[1].chunks).length * 0.6);
+    await vi.advanceTimersByTimeAsync(250);
+    socket.emit(frames[2]);
+    await vi.advanceTimersByTimeAsync(100);
+    // The last frame brings the finish: everything held goes out with it, in order.
+    socket.emit(frames[3]);
+    await vi.advanceTimersByTimeAsync(0);
+    const got = await read.done;
+    expect(text(got)).toBe(frames.map((f) => text(f.chunks)).join(''));
+    expect(await build(got)).toEqual(await build(frames.flatMap((f) => f.chunks)));
+    t.close();
+  });
+
+  it('on a stop, names the event being revealed and lets out what it holds, in order', async () => {
+    vi.useFakeTimers();
+    const frames = reply(4);
+    const { t, stream, socket } = await startPaced();
+    const read = reader(stream);
+    socket.emit(frames[0]);
+    await vi.advanceTimersByTimeAsync(500);
+    socket.emit(frames[1]);
+    await vi.advanceTimersByTimeAsync(100);
+    socket.emit(frames[2]);
+    await vi.advanceTimersByTimeAsync(0);
+    // Part of frame 1 is on screen, the rest of it and frame 2 are held.
+    const shownBefore = text(read.got);
+    expect(shownBefore.length).toBeGreaterThan(text(frames[0].chunks).length);
+    expect(shownBefore.length).toBeLessThan(text(frames[0].chunks).length + text(frames[1].chunks).length);
+    t.stopTurn('c1');
+    await vi.advanceTimersByTimeAsync(0);
+    // useChat shows nothing after a stop: the stored reply ends with the event being revealed
+    // (frame 1's), not with frame 2, which was received but not shown.
+    expect(socket.last('stop')).toMatchObject({ lastEventId: frames[1].firstEventId });
+    expect(text(read.got)).toBe(text(frames[0].chunks) + text(frames[1].chunks) + text(frames[2].chunks));
+    t.close();
+  });
+
+  it('shows a replay at once', async () => {
+    vi.useFakeTimers();
+    const t = transport({ runId: 'run1', lastEventId: 0, streaming: true, assistantMessageId: 'msg-assistant-1' }, {});
+    const resumed = t.reconnectToStream({ chatId: 'c1' });
+    await vi.advanceTimersByTimeAsync(0);
+    const read = reader((await resumed)!);
+    const socket = FakeSocket.all[0];
+    const frames = reply(3);
+    socket.emit({ type: 'subscribed', chatId: 'c1', runId: 'run1', streaming: true, replayThrough: 100 });
+    for (const f of frames.slice(0, 2)) socket.emit({ ...f, replay: true });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(text(read.got)).toBe(text(frames[0].chunks) + text(frames[1].chunks));
     t.close();
   });
 });

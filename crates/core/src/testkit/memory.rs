@@ -441,6 +441,9 @@ impl crate::ports::JobVisibility for RecordingVisibility {
 #[derive(Default)]
 pub struct RecordingConnections {
     pub frames: Mutex<HashMap<String, Vec<String>>>,
+    /// When each of `frames` was posted, on tokio's clock (a paused-time test reads the frame
+    /// cadence from it).
+    pub posted_at: Mutex<HashMap<String, Vec<tokio::time::Instant>>>,
     gone: Mutex<Vec<String>>,
 }
 
@@ -486,6 +489,12 @@ impl Connections for RecordingConnections {
             .entry(connection_id.into())
             .or_default()
             .push(frame.into());
+        self.posted_at
+            .lock()
+            .expect("frames lock")
+            .entry(connection_id.into())
+            .or_default()
+            .push(tokio::time::Instant::now());
         Ok(())
     }
 
@@ -684,6 +693,49 @@ impl crate::ports::LanguageModel for ScriptedModel {
             }),
         }));
         Ok(futures::stream::iter(events).boxed())
+    }
+
+    fn models(&self) -> Vec<crate::ports::ModelInfo> {
+        scripted_models()
+    }
+
+    fn default_model(&self) -> String {
+        "scripted".into()
+    }
+}
+
+/// A model that streams `tokens` words (`w0 `, `w1 `, ...), one every `every` on tokio's clock,
+/// then finishes `every` after the last: a paused-time test sees the frame cadence of a reply
+/// streamed at a steady rate, without waiting for it.
+pub struct PacedModel {
+    pub tokens: usize,
+    pub every: std::time::Duration,
+}
+
+#[async_trait]
+impl crate::ports::LanguageModel for PacedModel {
+    async fn stream(
+        &self,
+        _request: crate::ports::ModelRequest,
+    ) -> Result<crate::ports::ModelStream, crate::error::ModelError> {
+        use futures::StreamExt;
+        let (tokens, every) = (self.tokens, self.every);
+        let events = futures::stream::unfold(0, move |i| async move {
+            if i > tokens {
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            let event = if i == tokens {
+                crate::ports::ModelEvent::Finish {
+                    reason: crate::chunk::FinishReason::Stop,
+                    usage: None,
+                }
+            } else {
+                crate::ports::ModelEvent::TextDelta(format!("w{i} "))
+            };
+            Some((Ok(event), i + 1))
+        });
+        Ok(events.boxed())
     }
 
     fn models(&self) -> Vec<crate::ports::ModelInfo> {

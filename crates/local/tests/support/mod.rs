@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chatrun_core::chunk::{MessageAccumulator, UIMessageChunk};
-use chatrun_core::config::{ModelSettings, Settings};
+use chatrun_core::config::{FrameCadence, ModelSettings, Settings};
 use chatrun_local::{RunningServer, ServeOptions};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -41,7 +41,7 @@ async fn aws_backend(options: &mut ServeOptions) -> Vec<chatrun_aws::emulators::
 
 pub fn options(dir: &std::path::Path, tokens_per_sec: f64) -> ServeOptions {
     let mut settings = Settings::with_secret(SECRET);
-    settings.frame_interval = Duration::from_millis(30);
+    settings.frame_cadence = FrameCadence::fixed(Duration::from_millis(30));
     // The suites drive hundreds of turns from one guest and many guests from one address; only
     // tests/limits.rs is about the limits, and it sets its own.
     settings.user_max_concurrent_turns = u32::MAX;

@@ -646,6 +646,151 @@ mod tests {
         assert_eq!(kept[0].id, "m9");
     }
 
+    mod cadence {
+        use std::time::Duration;
+
+        use tokio::time::Instant;
+
+        use super::super::*;
+        use crate::config::{FrameCadence, Settings};
+        use crate::domain::{ChatId, Connection, Grant, Trigger};
+        use crate::engine::turn::send_message;
+        use crate::protocol::SendMessage;
+        use crate::testkit::memory::{PacedModel, services};
+
+        /// One frame of a turn as a subscriber saw it: when, after the turn began, and what.
+        struct Seen {
+            at: Duration,
+            text: String,
+            finish: bool,
+        }
+
+        /// Runs one turn of `tokens` words, one every 30 ms (about 33 tokens a second), and
+        /// returns its `events` frames.
+        async fn frames(settings: Settings, tokens: usize) -> Vec<Seen> {
+            let t = services(settings);
+            let connection = Connection {
+                connection_id: "c1".into(),
+                owner_id: "user-1".into(),
+                grant: Grant::User,
+                connected_at: 0,
+                expires_at: i64::MAX,
+            };
+            let send = SendMessage {
+                request_id: Some("r1".into()),
+                chat_id: ChatId::parse("chat-1").unwrap(),
+                message: Some(UIMessage::user_text("u1", "Tell me about tide pools")),
+                trigger: Trigger::SubmitMessage,
+                message_id: None,
+                model: None,
+            };
+            send_message(&t.services, &connection, &send).await.unwrap();
+            let job = t.queue.jobs.lock().unwrap().last().cloned().unwrap();
+            let model = PacedModel {
+                tokens,
+                every: Duration::from_millis(30),
+            };
+            let began = Instant::now();
+            let outcome = run_turn(&t.services, &model, &job).await.unwrap();
+            assert_eq!(outcome, TurnOutcome::Completed);
+            let posted_at = t.connections.posted_at.lock().unwrap()["c1"].clone();
+            t.connections
+                .frames_of("c1")
+                .into_iter()
+                .zip(posted_at)
+                .filter(|(frame, _)| frame["type"] == "events")
+                .map(|(frame, at)| {
+                    let chunks = frame["chunks"].as_array().unwrap();
+                    Seen {
+                        at: at - began,
+                        text: chunks.iter().filter_map(|c| c["delta"].as_str()).collect(),
+                        finish: chunks.iter().any(|c| c["type"] == "finish"),
+                    }
+                })
+                .collect()
+        }
+
+        fn ms(millis: u64) -> Duration {
+            Duration::from_millis(millis)
+        }
+
+        fn adaptive(base: u64, max: u64, ramp: u64) -> Settings {
+            let mut settings = Settings::with_secret("s".repeat(32));
+            settings.frame_cadence = FrameCadence::adaptive(ms(base), ms(max), ms(ramp)).unwrap();
+            settings
+        }
+
+        fn gaps(frames: &[Seen]) -> Vec<(Duration, Duration)> {
+            frames
+                .windows(2)
+                .map(|pair| (pair[1].at - frames[0].at, pair[1].at - pair[0].at))
+                .collect()
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn frames_go_out_fast_at_first_then_widen_and_the_finish_goes_at_once() {
+            // 200 words over 6 s: 50 ms frames for a second, then widening to 500 ms.
+            let seen = frames(adaptive(50, 500, 1000), 200).await;
+            // The first word at once, the moment the model gave it.
+            assert_eq!(seen[0].at, ms(30));
+            assert_eq!(seen[0].text, "w0 ");
+            let last = seen.last().unwrap();
+            // The finish as soon as the model finished (30 ms after its last word), not at the
+            // next interval.
+            assert!(last.finish);
+            assert_eq!(last.at, ms(30 * 201));
+            let body = &gaps(&seen)[..seen.len() - 2];
+            for &(since_first, gap) in body {
+                // A frame waits the interval after its first word, which comes within 30 ms.
+                if since_first <= ms(1000) {
+                    assert!(gap <= ms(50 + 30), "{gap:?} at {since_first:?}");
+                } else if since_first >= ms(3500) {
+                    assert!(
+                        gap >= ms(500) && gap <= ms(530),
+                        "{gap:?} at {since_first:?}"
+                    );
+                }
+            }
+            // Between the two, each frame waits about a quarter longer than the one before.
+            let ramp: Vec<Duration> = body
+                .iter()
+                .filter(|(at, _)| (ms(1100)..ms(2800)).contains(at))
+                .map(|&(_, gap)| gap)
+                .collect();
+            assert!(ramp.len() >= 5, "{ramp:?}");
+            assert!(ramp.windows(2).all(|p| p[1] + ms(30) >= p[0]), "{ramp:?}");
+            assert!(ramp.first() < ramp.last(), "{ramp:?}");
+            // Every word arrives once, in order.
+            let text: String = seen.iter().map(|s| s.text.as_str()).collect();
+            let words: String = (0..200).map(|i| format!("w{i} ")).collect();
+            assert_eq!(text, words);
+            // Far fewer frames than at 50 ms throughout (one a word or two: about 90).
+            assert!(seen.len() < 40, "{} frames", seen.len());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_fixed_cadence_stays_fast_for_the_whole_reply() {
+            let seen = frames(Settings::with_secret("s".repeat(32)), 200).await;
+            assert_eq!(seen[0].at, ms(30));
+            for (since_first, gap) in gaps(&seen) {
+                assert!(gap <= ms(50 + 30), "{gap:?} at {since_first:?}");
+            }
+            assert!(seen.len() > 80, "{} frames", seen.len());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_widened_frame_still_goes_early_once_it_reaches_the_size_limit() {
+            let mut settings = adaptive(50, 500, 1000);
+            // Four words of four bytes (`w12 `): a frame of at most 16 bytes of text.
+            settings.frame_max_bytes = 16;
+            let seen = frames(settings, 200).await;
+            for (since_first, gap) in gaps(&seen) {
+                assert!(gap <= ms(4 * 30), "{gap:?} at {since_first:?}");
+            }
+            assert!(seen.iter().all(|s| s.text.len() <= 16 + 4));
+        }
+    }
+
     #[test]
     fn a_reply_too_large_to_store_is_cut_on_a_character_boundary_and_says_so() {
         let mut reply = UIMessage::user_text("a1", "é".repeat(TRUNCATED_REPLY_BYTES));

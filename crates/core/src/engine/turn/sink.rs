@@ -40,6 +40,8 @@ pub struct FrameSink<'a> {
     acc: MessageAccumulator,
     subscribers: Vec<String>,
     pending_since: Option<Instant>,
+    /// When this attempt sent its first frame: the frame cadence widens with the time since.
+    first_frame_at: Option<Instant>,
     /// Whether this attempt persisted any frame.
     wrote: bool,
 }
@@ -55,6 +57,7 @@ impl<'a> FrameSink<'a> {
             acc: MessageAccumulator::new(job.assistant_message_id.clone()),
             subscribers: Vec::new(),
             pending_since: None,
+            first_frame_at: None,
             wrote: false,
         }
     }
@@ -109,10 +112,17 @@ impl<'a> FrameSink<'a> {
         self.pending_since.get_or_insert_with(Instant::now);
     }
 
-    /// When the waiting chunks must go out.
+    /// When the waiting chunks must go out: the frame interval after the first of them came,
+    /// an interval that widens as the reply goes on (`Settings::frame_cadence`).
     pub fn deadline(&self) -> Option<Instant> {
-        self.pending_since
-            .map(|at| at + self.s.settings.frame_interval)
+        self.pending_since.map(|at| {
+            let elapsed = self
+                .first_frame_at
+                .map_or(std::time::Duration::ZERO, |first| {
+                    at.saturating_duration_since(first)
+                });
+            at + self.s.settings.frame_cadence.interval_at(elapsed)
+        })
     }
 
     /// Persists `chunks` as one StreamEvent, then posts them to the subscribers, unless this
@@ -122,6 +132,7 @@ impl<'a> FrameSink<'a> {
         if chunks.is_empty() {
             return Ok(Signal::Continue);
         }
+        self.first_frame_at.get_or_insert_with(Instant::now);
         let now = self.s.now();
         let event = StreamEvent {
             run_id: self.job.run_id.clone(),
