@@ -108,7 +108,7 @@ pub async fn moto() -> Emulator {
 
 /// An SDK configuration pointed at an emulator, with dummy credentials.
 pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    crate::sdk_config_loader()
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
             "test", "test", None, None, "test",

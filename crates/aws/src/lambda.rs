@@ -55,7 +55,7 @@ pub fn init_tracing() {
 /// metadata client nor the STS-backed credential providers of the default chains are built or
 /// linked; `AWS_ENDPOINT_URL*` still point the clients at emulators.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    crate::sdk_config_loader()
         .region(EnvironmentVariableRegionProvider::new())
         .credentials_provider(EnvironmentVariableCredentialsProvider::new())
         .load()

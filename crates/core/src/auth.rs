@@ -66,6 +66,83 @@ fn refused() -> ChatError {
     ChatError::Unauthorized("invalid or expired token".into())
 }
 
+/// jsonwebtoken's cryptography for HS256 alone, on `hmac` and `sha2` (the versions the AWS SDK's
+/// request signing links anyway). Its `rust_crypto` provider would link RSA, ECDSA and EdDSA
+/// into every binary for algorithms chatrun never signs nor accepts (BENCHMARKS.md, "Lambda
+/// bootstraps and cold init"). Installed as jsonwebtoken's process provider before the first
+/// token is signed or read: by [`TokenIssuer::new`], and by test helpers that sign themselves.
+pub(crate) mod hs256 {
+    use hmac::{Hmac, KeyInit, Mac};
+    use jsonwebtoken::crypto::{CryptoProvider, JwkUtils, JwtSigner, JwtVerifier};
+    use jsonwebtoken::errors::{Error, ErrorKind};
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+    use sha2::Sha256;
+
+    struct Hs256(Hmac<Sha256>);
+
+    impl Hs256 {
+        fn new(secret: &[u8]) -> Result<Self, Error> {
+            Hmac::new_from_slice(secret)
+                .map(Hs256)
+                .map_err(|_| ErrorKind::InvalidKeyFormat.into())
+        }
+    }
+
+    impl signature::Signer<Vec<u8>> for Hs256 {
+        fn try_sign(&self, message: &[u8]) -> Result<Vec<u8>, signature::Error> {
+            let mut mac = self.0.clone();
+            mac.update(message);
+            Ok(mac.finalize().into_bytes().to_vec())
+        }
+    }
+
+    impl signature::Verifier<Vec<u8>> for Hs256 {
+        /// In constant time (`Mac::verify_slice`).
+        fn verify(&self, message: &[u8], tag: &Vec<u8>) -> Result<(), signature::Error> {
+            let mut mac = self.0.clone();
+            mac.update(message);
+            mac.verify_slice(tag).map_err(|_| signature::Error::new())
+        }
+    }
+
+    impl JwtSigner for Hs256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::HS256
+        }
+    }
+
+    impl JwtVerifier for Hs256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::HS256
+        }
+    }
+
+    fn signer(algorithm: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>, Error> {
+        match algorithm {
+            Algorithm::HS256 => Ok(Box::new(Hs256::new(key.try_get_hmac_secret()?)?)),
+            _ => Err(ErrorKind::InvalidAlgorithm.into()),
+        }
+    }
+
+    fn verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>, Error> {
+        match algorithm {
+            Algorithm::HS256 => Ok(Box::new(Hs256::new(key.try_get_hmac_secret()?)?)),
+            _ => Err(ErrorKind::InvalidAlgorithm.into()),
+        }
+    }
+
+    static PROVIDER: CryptoProvider = CryptoProvider {
+        signer_factory: signer,
+        verifier_factory: verifier,
+        jwk_utils: JwkUtils::new_unimplemented(),
+    };
+
+    /// Idempotent: later calls find it installed.
+    pub(crate) fn install() {
+        let _ = PROVIDER.install_default();
+    }
+}
+
 /// Issues and verifies tokens with one secret.
 #[derive(Clone)]
 pub struct TokenIssuer {
@@ -83,6 +160,7 @@ impl TokenIssuer {
     /// An issuer with this HS256 secret. Start-up paths check the secret's length with
     /// [`crate::config::check_token_secret`] first.
     pub fn new(secret: &str) -> Self {
+        hs256::install();
         TokenIssuer {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
@@ -232,6 +310,7 @@ mod tests {
     }
 
     fn raw(claims: &Raw) -> String {
+        super::hs256::install();
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             claims,
@@ -350,6 +429,7 @@ mod tests {
             exp: i64,
             iat: i64,
         }
+        super::hs256::install();
         let old = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &Old {
@@ -393,6 +473,7 @@ pub mod forge {
 
     /// A token with exactly these claims, signed with `secret` (HS256).
     pub fn signed(secret: &str, claims: &serde_json::Value) -> String {
+        super::hs256::install();
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             claims,

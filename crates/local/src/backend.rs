@@ -92,7 +92,7 @@ pub async fn open(
 }
 
 async fn sdk_config(endpoint: Option<&str>) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let mut loader = chatrun_aws::sdk_config_loader();
     if let Some(endpoint) = endpoint {
         loader = loader.endpoint_url(endpoint);
         // Emulators accept any credentials; don't make people invent some.

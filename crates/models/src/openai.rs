@@ -32,6 +32,7 @@ pub struct OpenAiModel {
 impl OpenAiModel {
     /// `base_url` defaults to OpenAI's (`https://api.openai.com/v1`).
     pub fn new(api_key: &str, base_url: Option<&str>, model: &str, provider: &str) -> Self {
+        install_ring_provider();
         let mut config = OpenAIConfig::new().with_api_key(api_key);
         if let Some(base) = base_url {
             config = config.with_api_base(base.trim_end_matches('/'));
@@ -50,6 +51,18 @@ impl OpenAiModel {
         self.model = catalog.default_model().to_owned();
         self.catalog = Some(catalog);
         self
+    }
+}
+
+/// Makes `ring` the process's rustls crypto provider, which the model's reqwest client uses:
+/// async-openai is built with `rustls-no-provider`, since reqwest's own default provider is
+/// aws-lc-rs, a second (and large) crypto library next to the `ring` the AWS SDK's client uses.
+/// Without a provider, building the client would panic. Idempotent; a provider the process
+/// installed before is kept.
+fn install_ring_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err only if another thread installed one meanwhile, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 
