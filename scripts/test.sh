@@ -11,6 +11,12 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== emulators (DynamoDB Local, moto) for the AWS adapter tests"
 bash scripts/emulators/install.sh
 echo "== cargo test"
+# crates/aws/tests/https_client.rs makes its throwaway CA with the openssl command.
+if ! command -v openssl >/dev/null; then
+  SUDO=""; if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssl >/dev/null
+fi
 cargo test --workspace
 echo "== the end-to-end tests again on the AWS adapters (DynamoDB Local, moto, @connections)"
 CHATRUN_TEST_BACKEND=aws cargo test -p chatrun-local --test conversation --test bad_input --test reliability --test pipeline --test authz --test limits
