@@ -188,11 +188,7 @@ impl Database {
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
-        self.submit(move |conn| {
-            std::panic::catch_unwind(AssertUnwindSafe(|| operation(conn)))
-                .unwrap_or_else(|_| Err(E::from(DbError::Panicked)))
-        })
-        .await
+        self.submit(move |conn| caught(|| operation(conn))).await
     }
 
     /// Queues `run` for the writer's next batch and answers with its result once the batch is
@@ -236,8 +232,7 @@ impl Database {
     {
         let (reply, answer) = oneshot::channel::<Result<T, E>>();
         let job: ReadJob = Box::new(move |conn| {
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| operation(conn)))
-                .unwrap_or_else(|_| Err(E::from(DbError::Panicked)));
+            let result = caught(|| operation(conn));
             let _ = reply.send(result);
         });
         self.reads
@@ -348,6 +343,12 @@ fn checkpoint(
     }
 }
 
+/// Runs an operation, turning a panic into [`DbError::Panicked`] so the thread goes on.
+fn caught<T, E: From<DbError>>(operation: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    std::panic::catch_unwind(AssertUnwindSafe(operation))
+        .unwrap_or_else(|_| Err(E::from(DbError::Panicked)))
+}
+
 /// Runs one operation in a savepoint of the open transaction.
 fn in_savepoint<T, E: From<DbError>>(
     conn: &mut rusqlite::Connection,
@@ -360,8 +361,7 @@ fn in_savepoint<T, E: From<DbError>>(
             .map(drop)
     };
     run(conn, "SAVEPOINT operation").map_err(|e| E::from(e.into()))?;
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| operation(conn)))
-        .unwrap_or_else(|_| Err(E::from(DbError::Panicked)));
+    let result = caught(|| operation(conn));
     if result.is_err() {
         run(conn, "ROLLBACK TO operation").map_err(|e| E::from(e.into()))?;
     }
@@ -440,13 +440,19 @@ fn serve(
             Ok(Request::Close) | Err(_) => return,
         };
         let mut batch = vec![first];
-        let mut asked_at = vec![asked];
+        // When each operation was asked for, kept only for the statistics.
+        let mut asked_at = Vec::new();
+        if stats_on {
+            asked_at.push(asked);
+        }
         let mut restart_wal_after_batch = false;
         while batch.len() < MAX_BATCH {
             match queued.try_recv() {
                 Ok(Request::Run(job, asked)) => {
                     batch.push(job);
-                    asked_at.push(asked);
+                    if stats_on {
+                        asked_at.push(asked);
+                    }
                 }
                 Ok(Request::RestartWal) => restart_wal_after_batch = true,
                 Ok(Request::Close) => {
