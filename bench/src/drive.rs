@@ -100,7 +100,7 @@ pub async fn drive(
                 let url = format!(
                     "ws://127.0.0.1:{}/ws?token={}",
                     server.port,
-                    server.token.as_deref().unwrap_or_default()
+                    server.tokens.get(i).map_or("", String::as_str)
                 );
                 tokio::spawn(async move { websocket_chat(i, url, work, progress).await })
             } else {

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use futures::{StreamExt, TryStreamExt};
 
 use crate::drive::Workload;
 
@@ -29,8 +30,10 @@ pub struct Server {
     child: Child,
     pub pid: u32,
     pub port: u16,
-    /// The token `/ws?token=` takes (WebSocket targets).
-    pub token: Option<String>,
+    /// The tokens `/ws?token=` takes (WebSocket targets), one per chat: each chat is its own
+    /// user, as on a real server, so per-user work (limits, the chat list) is what one user
+    /// costs, not one user with a thousand chats.
+    pub tokens: Vec<String>,
     data_dir: Option<PathBuf>,
 }
 
@@ -103,9 +106,11 @@ impl Target {
                         "RUST_LOG",
                         std::env::var("CHATRUN_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
                     )
-                    // One bench user drives every chat: the per-user limits would refuse it.
-                    .env("CHAT_USER_MAX_CONCURRENT_TURNS", "1000000")
-                    .env("CHAT_USER_MESSAGES_PER_MINUTE", "1000000")
+                    // Every chat is a guest of its own, all from this address; the per-user
+                    // limits keep their defaults (one chat's turns are well within them).
+                    .env("CHAT_GUEST_SESSIONS_PER_IP_PER_HOUR", "1000000")
+                    .env_remove("CHAT_USER_MAX_CONCURRENT_TURNS")
+                    .env_remove("CHAT_USER_MESSAGES_PER_MINUTE")
                     .env_remove("CHAT_TOKEN_SECRET")
                     .env_remove("OPENAI_API_KEY")
                     .env_remove("OPENAI_BASE_URL")
@@ -131,7 +136,7 @@ impl Target {
             pid: child.id(),
             child,
             port,
-            token: None,
+            tokens: Vec::new(),
             data_dir,
         };
         let http = reqwest::Client::new();
@@ -153,19 +158,26 @@ impl Target {
             bail!("{} did not answer on {base} within 30 s", self.label);
         }
         if self.is_websocket() {
-            let session: serde_json::Value = http
-                .post(format!("{base}/api/session"))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
+            let mint = |_| async {
+                let session: serde_json::Value = http
+                    .post(format!("{base}/api/session"))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                anyhow::Ok(
+                    session["token"]
+                        .as_str()
+                        .context("/api/session gave no token")?
+                        .to_owned(),
+                )
+            };
+            server.tokens = futures::stream::iter(0..work.chats)
+                .map(mint)
+                .buffered(16)
+                .try_collect()
                 .await?;
-            server.token = Some(
-                session["token"]
-                    .as_str()
-                    .context("/api/session gave no token")?
-                    .to_owned(),
-            );
         }
         Ok(server)
     }

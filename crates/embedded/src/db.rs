@@ -300,12 +300,12 @@ fn serve_reads(conn: &rusqlite::Connection, queued: &mpsc::Receiver<ReadRequest>
                 Err(_) => break,
             }
         }
-        let begun = conn.execute_batch("BEGIN");
+        let begun = exec_cached(conn, "BEGIN");
         for job in batch {
             job(conn);
         }
         if begun.is_ok() {
-            let _ = conn.execute_batch("COMMIT");
+            let _ = exec_cached(conn, "COMMIT");
         }
         if closing {
             return;
@@ -349,23 +349,26 @@ fn caught<T, E: From<DbError>>(operation: impl FnOnce() -> Result<T, E>) -> Resu
         .unwrap_or_else(|_| Err(E::from(DbError::Panicked)))
 }
 
+/// Runs a statement without parameters or rows from the connection's cache: the transaction
+/// and savepoint statements run several times per batch, thousands of times a second, and
+/// `execute_batch` would parse them every time.
+fn exec_cached(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| statement.execute([]))
+        .map(drop)
+}
+
 /// Runs one operation in a savepoint of the open transaction.
 fn in_savepoint<T, E: From<DbError>>(
     conn: &mut rusqlite::Connection,
     operation: impl FnOnce(&mut rusqlite::Connection) -> Result<T, E>,
 ) -> Result<T, E> {
-    // Cached statements: these run twice per operation, thousands of times a second.
-    let run = |conn: &rusqlite::Connection, sql: &str| {
-        conn.prepare_cached(sql)
-            .and_then(|mut statement| statement.execute([]))
-            .map(drop)
-    };
-    run(conn, "SAVEPOINT operation").map_err(|e| E::from(e.into()))?;
+    exec_cached(conn, "SAVEPOINT operation").map_err(|e| E::from(e.into()))?;
     let result = caught(|| operation(conn));
     if result.is_err() {
-        run(conn, "ROLLBACK TO operation").map_err(|e| E::from(e.into()))?;
+        exec_cached(conn, "ROLLBACK TO operation").map_err(|e| E::from(e.into()))?;
     }
-    run(conn, "RELEASE operation").map_err(|e| E::from(e.into()))?;
+    exec_cached(conn, "RELEASE operation").map_err(|e| E::from(e.into()))?;
     result
 }
 
@@ -463,10 +466,10 @@ fn serve(
             }
         }
         let started = std::time::Instant::now();
-        let begun = conn.execute_batch("BEGIN IMMEDIATE");
+        let begun = exec_cached(conn, "BEGIN IMMEDIATE");
         let replies: Vec<Reply> = batch.into_iter().map(|job| job(conn)).collect();
         let ran = std::time::Instant::now();
-        let committed = begun.and_then(|()| conn.execute_batch("COMMIT"));
+        let committed = begun.and_then(|()| exec_cached(conn, "COMMIT"));
         if stats_on {
             let done = std::time::Instant::now();
             stats.batches += 1;
@@ -481,7 +484,7 @@ fn serve(
             stats.log_each_second(&thread);
         }
         let error = committed.err().map(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = exec_cached(conn, "ROLLBACK");
             on_rollback();
             tracing::error!(error = %e, "a SQLite commit failed; its operations answer with an error");
             e.to_string()

@@ -612,13 +612,13 @@ impl ChatStore for SqliteChatStore {
             let chat_id = stored.chat_id.as_str();
             let written = match expected_version {
                 None => c
-                    .execute(
+                    .execute_cached(
                         "INSERT INTO sessions (chat_id, version, session) VALUES (?1, 1, ?2) ON CONFLICT (chat_id) DO NOTHING",
                         params![chat_id, body],
                     )
                     .map_err(store_error)?,
                 Some(v) => c
-                    .execute(
+                    .execute_cached(
                         "UPDATE sessions SET version = ?3, session = ?2 WHERE chat_id = ?1 AND version = ?4",
                         params![chat_id, body, v as i64 + 1, v as i64],
                     )
@@ -675,8 +675,16 @@ impl ChatStore for SqliteChatStore {
             .events.read(move |c| {
                 let mut stmt = c
                     .prepare_cached(
+                        // Events of a run cover consecutive ids, so those ending after ?2
+                        // start at the one holding ?2 + 1: seeking there (instead of filtering
+                        // every event of the run, which holds all its turns) keeps this an index
+                        // range of a row or two at a turn's start.
                         "SELECT first_event_id, chunks, expires_at FROM events
-                         WHERE run_id = ?1 AND last_event_id > ?2 AND expires_at > ?3 ORDER BY first_event_id",
+                         WHERE run_id = ?1
+                           AND first_event_id >= COALESCE(
+                               (SELECT MAX(first_event_id) FROM events WHERE run_id = ?1 AND first_event_id <= ?2 + 1), 0)
+                           AND last_event_id > ?2 AND expires_at > ?3
+                         ORDER BY first_event_id",
                     )
                     .map_err(store_error)?;
                 let rows = stmt
@@ -706,12 +714,16 @@ impl ChatStore for SqliteChatStore {
         self.events
             .read(move |c| {
                 let last: Option<i64> = c
-                .query_row_cached(
-                    "SELECT MAX(last_event_id) FROM events WHERE run_id = ?1 AND expires_at > ?2",
-                    params![run_id, now],
-                    |r| r.get(0),
-                )
-                .map_err(store_error)?;
+                    .query_row_cached(
+                        // The newest event ends last (ids only grow): one index seek, not a
+                        // scan of every event of the run.
+                        "SELECT last_event_id FROM events WHERE run_id = ?1 AND expires_at > ?2
+                     ORDER BY first_event_id DESC LIMIT 1",
+                        params![run_id, now],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(store_error)?;
                 Ok(last.unwrap_or(0) as u64)
             })
             .await
@@ -793,7 +805,19 @@ impl ChatStore for SqliteChatStore {
             )
             .map_err(store_error)?;
             // Keep the newest MAX subscriptions of the connection; ties broken by rowid (order of
-            // subscribing), so the oldest goes first.
+            // subscribing), so the oldest goes first. Counted first: nearly every subscribe is
+            // within the limit, and the pruning statement is costly (SQLite compiles it again
+            // on every run).
+            let held: i64 = c
+                .query_row_cached(
+                    "SELECT COUNT(*) FROM subscriptions WHERE connection_id = ?1",
+                    [&connection_id],
+                    |r| r.get(0),
+                )
+                .map_err(store_error)?;
+            let dropped: Vec<String> = if held <= MAX_SUBSCRIPTIONS_PER_CONNECTION as i64 {
+                Vec::new()
+            } else {
             let mut stmt = c
                 .prepare_cached(
                     "DELETE FROM subscriptions WHERE connection_id = ?1 AND rowid NOT IN (
@@ -802,14 +826,15 @@ impl ChatStore for SqliteChatStore {
                      RETURNING chat_id",
                 )
                 .map_err(store_error)?;
-            let dropped: Vec<String> = stmt
+            stmt
                 .query_map(
                     params![connection_id, MAX_SUBSCRIPTIONS_PER_CONNECTION as i64],
                     |r| r.get(0),
                 )
                 .map_err(store_error)?
                 .collect::<Result<_, _>>()
-                .map_err(store_error)?;
+                .map_err(store_error)?
+            };
             for dropped_chat in &dropped {
                 mirror_update(&mirror, dropped_chat, |signals| {
                     signals.subscribers.retain(|(id, _)| *id != connection_id)
