@@ -33,9 +33,20 @@ const MAX_BATCH: usize = 1024;
 const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How often the checkpointer looks at the WAL.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
-/// A WAL longer than this (in pages; about 64 MiB) is more than passive checkpoints keep up
-/// with under a steady stream of writes (a checkpoint never finds the log all copied, so SQLite
-/// never starts it over): the writer then restarts it itself, between two batches.
+/// SQLite starts the WAL over (writes from its beginning again) only when a write transaction
+/// finds every frame of it copied back, which a checkpoint on another thread never leaves it
+/// under a steady stream of commits. So once the checkpointer has copied all but this many
+/// frames, it asks the writer to copy the rest between two batches (a fraction of a
+/// millisecond), and the writer's next commit starts the log over: the WAL stays a few MiB,
+/// hot in the OS's cache, instead of growing to [`WAL_RESTART_PAGES`] and stalling a batch for
+/// tens of milliseconds while it is restarted.
+const WAL_CATCH_UP_PAGES: i64 = 256;
+/// Below this many frames (about 4 MiB) the WAL is left to grow: starting over costs the writer
+/// its small catch-up, worth it only when the log is long.
+const WAL_START_OVER_PAGES: i64 = 1_024;
+/// A WAL longer than this (in pages; about 64 MiB) is more than the catch-up kept short (a
+/// reader held a snapshot through every start-over): the writer then restarts it itself,
+/// waiting for readers, between two batches.
 const WAL_RESTART_PAGES: i64 = 16_384;
 
 /// Why an operation did not run or its commit failed.
@@ -59,6 +70,9 @@ type ReadJob = Box<dyn FnOnce(&rusqlite::Connection) + Send>;
 enum Request {
     /// An operation and when it was asked for (for the commit statistics).
     Run(Job, std::time::Instant),
+    /// The checkpointer has copied all but a few frames of a long WAL: copy the rest, so the
+    /// next commit starts the log over ([`WAL_CATCH_UP_PAGES`]).
+    CatchUpWal,
     /// The WAL has grown past [`WAL_RESTART_PAGES`]: copy it all back and start it over.
     RestartWal,
     /// Finish what came before, then close the file (and release its lock).
@@ -323,24 +337,50 @@ fn checkpoint(
 ) {
     let mut restart_asked = std::time::Instant::now() - std::time::Duration::from_secs(60);
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        let pages: rusqlite::Result<i64> =
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1));
-        match pages {
-            Ok(pages)
-                if pages >= WAL_RESTART_PAGES
+        // Each pass copies what was committed up to its start; commits go on meanwhile, so a
+        // few passes bring what is left down to what the writer copies in a moment.
+        let mut wal = passive_checkpoint(conn);
+        for _ in 0..3 {
+            match wal {
+                Ok((frames, copied)) if frames - copied > WAL_CATCH_UP_PAGES => {
+                    wal = passive_checkpoint(conn);
+                }
+                _ => break,
+            }
+        }
+        let request = match wal {
+            Ok((frames, _))
+                if frames >= WAL_RESTART_PAGES
                     && restart_asked.elapsed() > std::time::Duration::from_secs(1) =>
             {
                 restart_asked = std::time::Instant::now();
-                if writer.send(Request::RestartWal).is_err() {
-                    return;
-                }
+                Some(Request::RestartWal)
             }
-            Ok(_) => {}
+            Ok((frames, copied))
+                if frames >= WAL_START_OVER_PAGES && frames - copied <= WAL_CATCH_UP_PAGES =>
+            {
+                Some(Request::CatchUpWal)
+            }
+            Ok(_) => None,
             Err(e) => {
-                tracing::warn!(error = %e, "a SQLite checkpoint failed; the next one retries")
+                tracing::warn!(error = %e, "a SQLite checkpoint failed; the next one retries");
+                None
             }
+        };
+        if let Some(request) = request
+            && writer.send(request).is_err()
+        {
+            return;
         }
     }
+}
+
+/// A `PASSIVE` checkpoint (it never waits for anyone): the frames in the WAL and how many of
+/// them are copied back into the file.
+fn passive_checkpoint(conn: &rusqlite::Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((row.get(1)?, row.get(2)?))
+    })
 }
 
 /// Runs an operation, turning a panic into [`DbError::Panicked`] so the thread goes on.
@@ -440,6 +480,12 @@ fn serve(
                 restart_wal(conn);
                 continue;
             }
+            Ok(Request::CatchUpWal) => {
+                if let Err(e) = passive_checkpoint(conn) {
+                    tracing::warn!(error = %e, "a SQLite checkpoint failed; the next one retries");
+                }
+                continue;
+            }
             Ok(Request::Close) | Err(_) => return,
         };
         let mut batch = vec![first];
@@ -449,6 +495,7 @@ fn serve(
             asked_at.push(asked);
         }
         let mut restart_wal_after_batch = false;
+        let mut catch_up_after_batch = false;
         while batch.len() < MAX_BATCH {
             match queued.try_recv() {
                 Ok(Request::Run(job, asked)) => {
@@ -458,6 +505,7 @@ fn serve(
                     }
                 }
                 Ok(Request::RestartWal) => restart_wal_after_batch = true,
+                Ok(Request::CatchUpWal) => catch_up_after_batch = true,
                 Ok(Request::Close) => {
                     closing = true;
                     break;
@@ -494,6 +542,8 @@ fn serve(
         }
         if restart_wal_after_batch {
             restart_wal(conn);
+        } else if catch_up_after_batch && let Err(e) = passive_checkpoint(conn) {
+            tracing::warn!(error = %e, "a SQLite checkpoint failed; the next one retries");
         }
     }
 }
@@ -717,6 +767,43 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_wal_starts_over_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(database(&dir));
+        let wal = dir.path().join("t.sqlite3-wal");
+        // 48 MiB of rows in a steady stream of small commits, below the 64 MiB at which the
+        // writer would restart the log itself: only the catch-up can keep it short.
+        let row = "x".repeat(4000);
+        let mut longest = 0;
+        for round in 0..120i64 {
+            let calls: Vec<_> = (0..100i64)
+                .map(|i| {
+                    let (db, row) = (db.clone(), row.clone());
+                    tokio::spawn(async move {
+                        db.call_statement(move |c| {
+                            c.execute(
+                                "INSERT INTO t (k, v) VALUES (?1, ?2)",
+                                rusqlite::params![round * 100 + i, row],
+                            )
+                            .map_err(|e| TestError::Db(e.to_string()))
+                        })
+                        .await
+                    })
+                })
+                .collect();
+            for call in calls {
+                call.await.unwrap().unwrap();
+            }
+            longest = longest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(
+            longest < 24 * 1024 * 1024,
+            "the WAL grew to {longest} bytes for 48 MiB written"
+        );
     }
 
     #[tokio::test]
