@@ -94,8 +94,9 @@ export const FRAME_CADENCE = {
 
 /** The table actions each function's code paths use (crates/aws/src/dynamo.rs by store method). */
 const TABLE_ACTIONS: Record<FunctionName, string[]> = {
-  // $connect writes the connection; $disconnect reads it and deletes it with its subscriptions.
-  connect: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:BatchWriteItem'],
+  // $connect writes the connection; $disconnect queries the connection's partition (the
+  // connection and its subscriptions, crates/aws/src/dynamo.rs `delete_connection`) and deletes it.
+  connect: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:BatchWriteItem'],
   'send-message': ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:BatchWriteItem'],
   'run-turn': ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:BatchWriteItem'],
   'stream-out': ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:BatchWriteItem'],

@@ -217,7 +217,7 @@ describe('chatrun stack', () => {
     const tableId = resourcesOf(template, 'AWS::DynamoDB::Table')[0][0];
     const tokenSecretId = resourcesOf(template, 'AWS::SecretsManager::Secret')[0][0];
     const expectedTable: Record<FunctionName, string[]> = {
-      connect: ['GetItem', 'PutItem', 'BatchWriteItem'],
+      connect: ['GetItem', 'Query', 'PutItem', 'BatchWriteItem'],
       'send-message': ['GetItem', 'Query', 'PutItem', 'UpdateItem', 'BatchWriteItem'],
       'stream-out': ['GetItem', 'Query', 'PutItem', 'UpdateItem', 'BatchWriteItem'],
       'run-turn': ['GetItem', 'Query', 'PutItem', 'UpdateItem', 'BatchWriteItem'],
