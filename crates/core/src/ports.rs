@@ -236,6 +236,71 @@ pub trait UsageCounters: Send + Sync {
     /// Frees `slot_id`'s slot. Releasing a slot that is not held (never claimed, released,
     /// expired) succeeds, so every way a turn ends may release it.
     async fn release_slot(&self, key: &str, slot_id: &str) -> Result<(), StoreError>;
+
+    /// [`UsageCounters::claim_slot`] for `slot`, then, once it is admitted,
+    /// [`UsageCounters::count_in_window`] for `window`; a window that refuses (or fails) gives
+    /// the slot back. So a refused action holds no slot and counts nothing. The default makes
+    /// the calls one after another; a backend that can do it in one round trip overrides it
+    /// (it is on the way to every turn's first token).
+    async fn claim_slot_and_count(
+        &self,
+        slot: SlotClaim<'_>,
+        window: WindowCount<'_>,
+        now: Millis,
+    ) -> Result<SlotAndCount, StoreError> {
+        if let Admission::Refused { retry_after_ms } = self
+            .claim_slot(slot.key, slot.slot_id, slot.limit, now, slot.expires_at)
+            .await?
+        {
+            return Ok(SlotAndCount::SlotRefused { retry_after_ms });
+        }
+        let counted = self
+            .count_in_window(window.key, window.limit, window.window, now)
+            .await;
+        match counted {
+            Ok(Admission::Admitted) => Ok(SlotAndCount::Admitted),
+            other => {
+                if let Err(error) = self.release_slot(slot.key, slot.slot_id).await {
+                    tracing::warn!(key = slot.key, slot_id = slot.slot_id, %error,
+                        "could not give back a slot; it frees itself at its expiry");
+                }
+                match other? {
+                    Admission::Refused { retry_after_ms } => {
+                        Ok(SlotAndCount::WindowRefused { retry_after_ms })
+                    }
+                    Admission::Admitted => Ok(SlotAndCount::Admitted),
+                }
+            }
+        }
+    }
+}
+
+/// A slot to take ([`UsageCounters::claim_slot_and_count`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SlotClaim<'a> {
+    pub key: &'a str,
+    pub slot_id: &'a str,
+    pub limit: u32,
+    pub expires_at: Millis,
+}
+
+/// An action to count in a window ([`UsageCounters::claim_slot_and_count`]).
+#[derive(Debug, Clone, Copy)]
+pub struct WindowCount<'a> {
+    pub key: &'a str,
+    pub limit: u32,
+    pub window: std::time::Duration,
+}
+
+/// What [`UsageCounters::claim_slot_and_count`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotAndCount {
+    /// The slot is held and the action counted.
+    Admitted,
+    /// Every slot is held (nothing counted), as [`UsageCounters::claim_slot`] refuses.
+    SlotRefused { retry_after_ms: u64 },
+    /// The window is full (the slot given back), as [`UsageCounters::count_in_window`] refuses.
+    WindowRefused { retry_after_ms: u64 },
 }
 
 /// The producer side of the durable turn queue (SQS FIFO on AWS).

@@ -22,7 +22,10 @@ use chatrun_core::domain::{
 use chatrun_core::error::StoreError;
 use chatrun_core::history::{MessagePage, PageLimits, PageReader};
 use chatrun_core::message::UIMessage;
-use chatrun_core::ports::{Admission, ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION, UsageCounters};
+use chatrun_core::ports::{
+    Admission, ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION, SlotAndCount, SlotClaim, UsageCounters,
+    WindowCount,
+};
 use rusqlite::{OptionalExtension, params};
 
 use crate::Cached;
@@ -881,7 +884,6 @@ impl ChatStore for SqliteChatStore {
     }
 }
 
-/// The chats a connection is subscribed to.
 /// Each operation runs whole on the database thread, the file's only writer, so a read and the
 /// write it decides are atomic without any condition. Ended windows and expired slots are
 /// deleted as they are met, so the tables hold only what is live (plus one row per key).
@@ -895,44 +897,8 @@ impl UsageCounters for SqliteChatStore {
         now: Millis,
     ) -> Result<Admission, StoreError> {
         let key = key.to_owned();
-        let window = window.as_millis() as i64;
-        self.with(move |c| {
-            c.execute_cached(
-                "DELETE FROM usage_windows WHERE window_end <= ?1",
-                params![now],
-            )
-            .map_err(store_error)?;
-            let current: Option<(i64, i64)> = c
-                .query_row_cached(
-                    "SELECT window_end, hits FROM usage_windows WHERE key = ?1",
-                    params![key],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()
-                .map_err(store_error)?;
-            match current {
-                Some((window_end, hits)) if hits >= i64::from(limit) => Ok(Admission::Refused {
-                    retry_after_ms: (window_end - now) as u64,
-                }),
-                Some(_) => {
-                    c.execute_cached(
-                        "UPDATE usage_windows SET hits = hits + 1 WHERE key = ?1",
-                        params![key],
-                    )
-                    .map_err(store_error)?;
-                    Ok(Admission::Admitted)
-                }
-                None => {
-                    c.execute_cached(
-                        "INSERT INTO usage_windows (key, window_start, window_end, hits) VALUES (?1, ?2, ?3, 1)",
-                        params![key, now, now + window],
-                    )
-                    .map_err(store_error)?;
-                    Ok(Admission::Admitted)
-                }
-            }
-        })
-        .await
+        self.with(move |c| count_in_window(c, &key, limit, window, now))
+            .await
     }
 
     async fn claim_slot(
@@ -944,50 +910,136 @@ impl UsageCounters for SqliteChatStore {
         expires_at: Millis,
     ) -> Result<Admission, StoreError> {
         let (key, slot_id) = (key.to_owned(), slot_id.to_owned());
-        self.with(move |c| {
-            c.execute_cached(
-                "DELETE FROM usage_slots WHERE expires_at <= ?1",
-                params![now],
-            )
-            .map_err(store_error)?;
-            let (held, oldest, holds_this): (i64, Option<i64>, bool) = c
-                .query_row_cached(
-                    "SELECT COUNT(*), MIN(expires_at), COALESCE(SUM(slot_id = ?2), 0) > 0
-                     FROM usage_slots WHERE key = ?1",
-                    params![key, slot_id],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                )
-                .map_err(store_error)?;
-            if !holds_this && held >= i64::from(limit) {
-                return Ok(Admission::Refused {
-                    retry_after_ms: (oldest.unwrap_or(now) - now).max(0) as u64,
-                });
-            }
-            c.execute_cached(
-                "INSERT INTO usage_slots (key, slot_id, expires_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key, slot_id) DO UPDATE SET expires_at = excluded.expires_at",
-                params![key, slot_id, expires_at],
-            )
-            .map_err(store_error)?;
-            Ok(Admission::Admitted)
-        })
-        .await
+        self.with(move |c| claim_slot(c, &key, &slot_id, limit, now, expires_at))
+            .await
     }
 
     async fn release_slot(&self, key: &str, slot_id: &str) -> Result<(), StoreError> {
         let (key, slot_id) = (key.to_owned(), slot_id.to_owned());
+        self.with(move |c| release_slot(c, &key, &slot_id)).await
+    }
+
+    /// Both in one operation: one round trip to the writer on the way to the first token.
+    async fn claim_slot_and_count(
+        &self,
+        slot: SlotClaim<'_>,
+        window: WindowCount<'_>,
+        now: Millis,
+    ) -> Result<SlotAndCount, StoreError> {
+        let (slot_key, slot_id, slot_limit, expires_at) = (
+            slot.key.to_owned(),
+            slot.slot_id.to_owned(),
+            slot.limit,
+            slot.expires_at,
+        );
+        let (window_key, window_limit, window) =
+            (window.key.to_owned(), window.limit, window.window);
         self.with(move |c| {
-            c.execute_cached(
-                "DELETE FROM usage_slots WHERE key = ?1 AND slot_id = ?2",
-                params![key, slot_id],
-            )
-            .map_err(store_error)?;
-            Ok(())
+            if let Admission::Refused { retry_after_ms } =
+                claim_slot(c, &slot_key, &slot_id, slot_limit, now, expires_at)?
+            {
+                return Ok(SlotAndCount::SlotRefused { retry_after_ms });
+            }
+            match count_in_window(c, &window_key, window_limit, window, now)? {
+                Admission::Admitted => Ok(SlotAndCount::Admitted),
+                Admission::Refused { retry_after_ms } => {
+                    release_slot(c, &slot_key, &slot_id)?;
+                    Ok(SlotAndCount::WindowRefused { retry_after_ms })
+                }
+            }
         })
         .await
     }
 }
 
+fn count_in_window(
+    c: &rusqlite::Connection,
+    key: &str,
+    limit: u32,
+    window: std::time::Duration,
+    now: Millis,
+) -> Result<Admission, StoreError> {
+    c.execute_cached(
+        "DELETE FROM usage_windows WHERE window_end <= ?1",
+        params![now],
+    )
+    .map_err(store_error)?;
+    let current: Option<(i64, i64)> = c
+        .query_row_cached(
+            "SELECT window_end, hits FROM usage_windows WHERE key = ?1",
+            params![key],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(store_error)?;
+    match current {
+        Some((window_end, hits)) if hits >= i64::from(limit) => Ok(Admission::Refused {
+            retry_after_ms: (window_end - now) as u64,
+        }),
+        Some(_) => {
+            c.execute_cached(
+                "UPDATE usage_windows SET hits = hits + 1 WHERE key = ?1",
+                params![key],
+            )
+            .map_err(store_error)?;
+            Ok(Admission::Admitted)
+        }
+        None => {
+            c.execute_cached(
+                "INSERT INTO usage_windows (key, window_start, window_end, hits) VALUES (?1, ?2, ?3, 1)",
+                params![key, now, now + window.as_millis() as i64],
+            )
+            .map_err(store_error)?;
+            Ok(Admission::Admitted)
+        }
+    }
+}
+
+fn claim_slot(
+    c: &rusqlite::Connection,
+    key: &str,
+    slot_id: &str,
+    limit: u32,
+    now: Millis,
+    expires_at: Millis,
+) -> Result<Admission, StoreError> {
+    c.execute_cached(
+        "DELETE FROM usage_slots WHERE expires_at <= ?1",
+        params![now],
+    )
+    .map_err(store_error)?;
+    let (held, oldest, holds_this): (i64, Option<i64>, bool) = c
+        .query_row_cached(
+            "SELECT COUNT(*), MIN(expires_at), COALESCE(SUM(slot_id = ?2), 0) > 0
+             FROM usage_slots WHERE key = ?1",
+            params![key, slot_id],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .map_err(store_error)?;
+    if !holds_this && held >= i64::from(limit) {
+        return Ok(Admission::Refused {
+            retry_after_ms: (oldest.unwrap_or(now) - now).max(0) as u64,
+        });
+    }
+    c.execute_cached(
+        "INSERT INTO usage_slots (key, slot_id, expires_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key, slot_id) DO UPDATE SET expires_at = excluded.expires_at",
+        params![key, slot_id, expires_at],
+    )
+    .map_err(store_error)?;
+    Ok(Admission::Admitted)
+}
+
+fn release_slot(c: &rusqlite::Connection, key: &str, slot_id: &str) -> Result<(), StoreError> {
+    c.execute_cached(
+        "DELETE FROM usage_slots WHERE key = ?1 AND slot_id = ?2",
+        params![key, slot_id],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+/// The chats a connection is subscribed to.
 fn chats_of(c: &rusqlite::Connection, connection_id: &str) -> Result<Vec<String>, StoreError> {
     let mut stmt = c
         .prepare_cached("SELECT chat_id FROM subscriptions WHERE connection_id = ?1")

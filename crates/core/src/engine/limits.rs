@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::Services;
 use crate::error::ChatError;
-use crate::ports::Admission;
+use crate::ports::{Admission, SlotAndCount, SlotClaim, WindowCount};
 
 /// A turn slot is busy until its turn ends, which is usually seconds away; the slot's expiry
 /// (up to the stale-turn limit) is only an upper bound. Clients are told to retry after this
@@ -55,39 +55,32 @@ fn guests_key(source_ip: &str) -> String {
 pub async fn admit_turn(s: &Services, owner_id: &str, turn_id: &str) -> Result<(), ChatError> {
     let now = s.now();
     let settings = &s.settings;
-    let slot_expires_at = now + settings.stale_turn_after.as_millis() as i64;
-    let key = turns_key(owner_id);
-    let limit = settings.user_max_concurrent_turns;
-    if let Admission::Refused { retry_after_ms } = s
-        .limits
-        .claim_slot(&key, turn_id, limit, now, slot_expires_at)
-        .await?
-    {
-        return Err(ChatError::RateLimited {
+    let turns = turns_key(owner_id);
+    let messages = messages_key(owner_id);
+    let slot = SlotClaim {
+        key: &turns,
+        slot_id: turn_id,
+        limit: settings.user_max_concurrent_turns,
+        expires_at: now + settings.stale_turn_after.as_millis() as i64,
+    };
+    let window = WindowCount {
+        key: &messages,
+        limit: settings.user_messages_per_minute,
+        window: MINUTE,
+    };
+    match s.limits.claim_slot_and_count(slot, window, now).await? {
+        SlotAndCount::Admitted => Ok(()),
+        SlotAndCount::SlotRefused { retry_after_ms } => Err(ChatError::RateLimited {
             message: format!(
-                "{limit} replies are already running; wait for one to finish (or stop one)"
+                "{} replies are already running; wait for one to finish (or stop one)",
+                slot.limit
             ),
             retry_after_ms: retry_after_ms.clamp(1, BUSY_TURN_RETRY_MS),
-        });
-    }
-    let per_minute = settings.user_messages_per_minute;
-    match s
-        .limits
-        .count_in_window(&messages_key(owner_id), per_minute, MINUTE, now)
-        .await
-    {
-        Ok(Admission::Admitted) => Ok(()),
-        Ok(Admission::Refused { retry_after_ms }) => {
-            release_turn_slot(s, owner_id, turn_id).await;
-            Err(ChatError::RateLimited {
-                message: format!("at most {per_minute} messages a minute"),
-                retry_after_ms: retry_after_ms.max(1),
-            })
-        }
-        Err(error) => {
-            release_turn_slot(s, owner_id, turn_id).await;
-            Err(error.into())
-        }
+        }),
+        SlotAndCount::WindowRefused { retry_after_ms } => Err(ChatError::RateLimited {
+            message: format!("at most {} messages a minute", window.limit),
+            retry_after_ms: retry_after_ms.max(1),
+        }),
     }
 }
 

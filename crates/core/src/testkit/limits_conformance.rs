@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::ports::{Admission, UsageCounters};
+use crate::ports::{Admission, SlotAndCount, SlotClaim, UsageCounters, WindowCount};
 
 const NOW: i64 = 1_800_000_000_000;
 const MINUTE: Duration = Duration::from_secs(60);
@@ -22,6 +22,7 @@ pub async fn run_all<C: UsageCounters + ?Sized>(counters: &C) {
     concurrent_window_hits(counters).await;
     slots(counters).await;
     concurrent_slot_claims(counters).await;
+    slot_and_count(counters).await;
 }
 
 /// A window admits `limit` actions, refuses the next with the time until it ends without
@@ -185,5 +186,62 @@ pub async fn concurrent_slot_claims<C: UsageCounters + ?Sized>(counters: &C) {
     assert_eq!(
         admitted_count, 3,
         "concurrent_slot_claims: exactly the limit is admitted"
+    );
+}
+
+/// `claim_slot_and_count` takes the slot and counts; with every slot held it counts nothing;
+/// with the window full it gives the slot back.
+pub async fn slot_and_count<C: UsageCounters + ?Sized>(counters: &C) {
+    let (turns, messages) = (unique("turns"), unique("messages"));
+    let claim = |slot_id| SlotClaim {
+        key: &turns,
+        slot_id,
+        limit: 1,
+        expires_at: NOW + 60_000,
+    };
+    let window = WindowCount {
+        key: &messages,
+        limit: 2,
+        window: MINUTE,
+    };
+    let decide = |slot_id| counters.claim_slot_and_count(claim(slot_id), window, NOW);
+    assert_eq!(
+        decide("a").await.expect("no store error"),
+        SlotAndCount::Admitted,
+        "slot_and_count: the first is admitted"
+    );
+    assert!(
+        matches!(
+            decide("b").await.expect("no store error"),
+            SlotAndCount::SlotRefused {
+                retry_after_ms: 60_000
+            }
+        ),
+        "slot_and_count: the only slot is held until it expires"
+    );
+    counters.release_slot(&turns, "a").await.unwrap();
+    assert_eq!(
+        decide("c").await.expect("no store error"),
+        SlotAndCount::Admitted,
+        "slot_and_count: the refused one was not counted, so the window still has room"
+    );
+    counters.release_slot(&turns, "c").await.unwrap();
+    assert!(
+        matches!(
+            decide("d").await.expect("no store error"),
+            SlotAndCount::WindowRefused {
+                retry_after_ms: 60_000
+            }
+        ),
+        "slot_and_count: the window is full"
+    );
+    assert!(
+        admitted(
+            counters
+                .claim_slot(&turns, "e", 1, NOW, NOW + 60_000)
+                .await
+                .unwrap()
+        ),
+        "slot_and_count: a window's refusal gave its slot back"
     );
 }

@@ -113,20 +113,26 @@ pub async fn run_turn(
     let Some(session) = claim(s, job).await? else {
         return Ok(TurnOutcome::Dropped("stale or finished job"));
     };
-    let Some(chat) = s.store.get_chat(chat_id).await? else {
+    // Three independent reads, asked at once: each is a round trip to the store, and they are
+    // all on the way to the first token.
+    let (chat, context, earlier) = futures::try_join!(
+        s.store.get_chat(chat_id),
+        turn_context(
+            s.store.as_ref(),
+            job,
+            s.settings.context_tokens,
+            PageLimits {
+                messages: HISTORY_PAGE_DEFAULT,
+                bytes: HISTORY_PAGE_MAX_BYTES,
+            },
+        ),
+        s.store
+            .events_after(&job.run_id, session.turn_start_event_id - 1, s.now()),
+    )?;
+    let Some(chat) = chat else {
         return Ok(TurnOutcome::Dropped("chat deleted"));
     };
-    let history = match turn_context(
-        s.store.as_ref(),
-        job,
-        s.settings.context_tokens,
-        PageLimits {
-            messages: HISTORY_PAGE_DEFAULT,
-            bytes: HISTORY_PAGE_MAX_BYTES,
-        },
-    )
-    .await?
-    {
+    let history = match context {
         TurnContext::Messages(history) => history,
         TurnContext::AlreadyAnswered => {
             // A previous attempt stored the reply and died before updating the session.
@@ -154,10 +160,6 @@ pub async fn run_turn(
     };
     let mut sink = FrameSink::new(s, job, session.turn_start_event_id);
     let mut builder = ChunkBuilder::new(job.assistant_message_id.clone(), model_id.clone());
-    let earlier = s
-        .store
-        .events_after(&job.run_id, session.turn_start_event_id - 1, s.now())
-        .await?;
     if sink.adopt(&earlier) {
         // A previous attempt crashed mid-stream. Its frames were seen by clients, so they stay;
         // the turn ends with an error rather than a second, different reply.

@@ -191,7 +191,16 @@ async fn start_turn(
         appended: None,
         previous_model: None,
     };
-    if let Err(error) = apply_change(s, chat_id, &change, now).await {
+    // The history change and the subscription are independent writes, asked at once so they
+    // share the store's next commit instead of taking one each on the way to the ack. A
+    // subscription left by a failed change is the sender's own connection following its own
+    // chat, and it expires.
+    let (applied, subscribed) = futures::join!(
+        apply_change(s, chat_id, &change, now),
+        s.store
+            .subscribe(chat_id, &conn.connection_id, now, conn.expires_at),
+    );
+    if let Err(error) = applied {
         undo.run(s).await;
         return Err(error);
     }
@@ -211,11 +220,7 @@ async fn start_turn(
     if let Some(chat) = &new_chat {
         s.hooks.on_chat_start(chat, &session).await;
     }
-    if let Err(error) = s
-        .store
-        .subscribe(chat_id, &conn.connection_id, now, conn.expires_at)
-        .await
-    {
+    if let Err(error) = subscribed {
         undo.run(s).await;
         return Err(error.into());
     }
