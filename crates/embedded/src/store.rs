@@ -129,11 +129,20 @@ fn mirror_forget(mirror: &Mirror, chat_ids: &[String]) {
     }
 }
 
+/// Every this many stream events, the write also deletes expired ones (see
+/// [`sweep_expired_events`]): DynamoDB expires them by TTL, SQLite has to be told.
+const SWEEP_EVERY_EVENTS: u64 = 256;
+/// At most this many expired events are deleted per sweep: twice what was appended since the
+/// last one, so the sweeps outpace the appends without any one of them taking long.
+const SWEEP_AT_MOST: i64 = 512;
+
 /// The `ChatStore` on SQLite.
 pub struct SqliteChatStore {
     db: Database,
     /// The stream events' file (`<name>.events.sqlite3` beside the store's).
     events: Database,
+    /// Stream events appended since this store opened (when to sweep).
+    appended: std::sync::atomic::AtomicU64,
     mirror: Mirror,
 }
 
@@ -209,7 +218,12 @@ impl SqliteChatStore {
             EVENTS_SCHEMA,
             Box::new(|| {}),
         )?;
-        Ok(SqliteChatStore { db, events, mirror })
+        Ok(SqliteChatStore {
+            db,
+            events,
+            appended: std::sync::atomic::AtomicU64::new(0),
+            mirror,
+        })
     }
 
     /// Closes the files once pending operations are done (a stopping server releases them for
@@ -260,6 +274,31 @@ impl SqliteChatStore {
         })
         .await
     }
+}
+
+/// Deletes up to [`SWEEP_AT_MOST`] of the oldest stream events, those expired by `now`.
+/// Events are appended in time order with the same lifetime, so the expired ones are the first
+/// rows: the sweep reads only those, never the whole table.
+fn sweep_expired_events(c: &rusqlite::Connection, now: Millis) -> Result<(), StoreError> {
+    // Nearly always nothing has expired: one row tells.
+    let oldest: Option<Millis> = c
+        .query_row_cached(
+            "SELECT expires_at FROM events ORDER BY rowid LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(store_error)?;
+    if oldest.is_none_or(|expires_at| expires_at > now) {
+        return Ok(());
+    }
+    c.execute_cached(
+        "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY rowid LIMIT ?1)
+         AND expires_at <= ?2",
+        params![SWEEP_AT_MOST, now],
+    )
+    .map_err(store_error)?;
+    Ok(())
 }
 
 fn read_session(
@@ -648,7 +687,7 @@ impl ChatStore for SqliteChatStore {
         let first = event.first_event_id;
         let last = event.last_event_id();
         let expires_at = event.expires_at;
-        self.events.call_statement(move |c| {
+        let insert = move |c: &mut rusqlite::Connection| {
             c.prepare_cached(
                 "INSERT INTO events (run_id, first_event_id, last_event_id, chunks, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
@@ -663,8 +702,24 @@ impl ChatStore for SqliteChatStore {
                 }
             })?;
             Ok(())
-        })
-        .await
+        };
+        let appended = self
+            .appended
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if appended % SWEEP_EVERY_EVENTS == SWEEP_EVERY_EVENTS - 1 {
+            // The engine's clock, not this machine's: the event was made STREAM_EVENT_TTL
+            // before it expires.
+            let now = expires_at - chatrun_core::config::STREAM_EVENT_TTL.as_millis() as i64;
+            self.events
+                .call(move |c| {
+                    insert(c)?;
+                    sweep_expired_events(c, now)
+                })
+                .await
+        } else {
+            // One statement: no savepoint needed (`call_statement`).
+            self.events.call_statement(insert).await
+        }
     }
 
     async fn events_after(
@@ -1050,4 +1105,65 @@ fn chats_of(c: &rusqlite::Connection, connection_id: &str) -> Result<Vec<String>
         .collect::<Result<_, _>>()
         .map_err(store_error)?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatrun_core::config::STREAM_EVENT_TTL;
+
+    fn event(run_id: &str, first_event_id: u64, expires_at: Millis) -> StreamEvent {
+        StreamEvent {
+            run_id: run_id.into(),
+            first_event_id,
+            chunks: vec![chatrun_core::chunk::UIMessageChunk::TextDelta {
+                id: "t".into(),
+                delta: "x".into(),
+                provider_metadata: None,
+            }],
+            expires_at,
+        }
+    }
+
+    async fn stored_events(store: &SqliteChatStore) -> i64 {
+        store
+            .events
+            .read(|c| {
+                c.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+                    .map_err(store_error)
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn expired_stream_events_are_swept_as_new_ones_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteChatStore::open(dir.path().join("chatrun.sqlite3")).unwrap();
+        let ttl = STREAM_EVENT_TTL.as_millis() as i64;
+        let day_one = 1_800_000_000_000;
+        for id in 1..=300 {
+            store
+                .append_event(&event("old", id, day_one + ttl))
+                .await
+                .unwrap();
+        }
+        // A day later: the first day's events have expired.
+        let day_two = day_one + ttl;
+        for id in 1..=2 * SWEEP_EVERY_EVENTS {
+            store
+                .append_event(&event("new", id, day_two + ttl))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            stored_events(&store).await,
+            2 * SWEEP_EVERY_EVENTS as i64,
+            "every expired event is gone and every live one kept"
+        );
+        assert_eq!(
+            store.last_event_id("new", day_two).await.unwrap(),
+            2 * SWEEP_EVERY_EVENTS
+        );
+    }
 }

@@ -4,7 +4,10 @@
 //! as failures, and leave failures to come back when their visibility ends (run-turn sets it:
 //! a short backoff) and, past max receives, on the dead-letter queue.
 //!
-//! Invocations run concurrently up to a limit, like Lambda's concurrency for the mapping.
+//! Invocations run concurrently up to a limit, like Lambda's concurrency for the mapping, and
+//! several pollers receive at once, as the mapping's do (it starts with five): one poller would
+//! make every job wait for the receives of all the jobs ahead of it, one round trip to the queue
+//! per ten, which at a burst of thousands of sends is seconds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +20,8 @@ use tokio::sync::{Semaphore, watch};
 
 /// How long one receive call waits for a message (SQS long polling).
 const LONG_POLL: Duration = Duration::from_secs(2);
+/// Pollers receiving at once (the SQS event source mapping starts with five).
+const POLLERS: usize = 5;
 
 fn sqs_message(received: &ReceivedTurn, source_arn: &str) -> SqsMessage {
     let mut message = SqsMessage::default();
@@ -66,15 +71,36 @@ async fn invoke(
     }
 }
 
-/// Polls `queue` until `stop` turns true, then waits for the invocations it started.
+/// Polls `queue` with [`POLLERS`] pollers until `stop` turns true, then waits for the
+/// invocations they started; at most `max_concurrent` invocations run at once.
 pub async fn run(
     consumer: Arc<dyn TurnQueueConsumer>,
     queue: QueueName,
     deps: RunTurnDeps,
     max_concurrent: usize,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(max_concurrent));
+    let pollers = (0..POLLERS).map(|_| {
+        poll(
+            consumer.clone(),
+            queue,
+            deps.clone(),
+            limit.clone(),
+            stop.clone(),
+        )
+    });
+    futures::future::join_all(pollers).await;
+}
+
+/// One poller: receive a batch, start its invocation, again, until `stop` turns true.
+async fn poll(
+    consumer: Arc<dyn TurnQueueConsumer>,
+    queue: QueueName,
+    deps: RunTurnDeps,
+    limit: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
     let source_arn = consumer.source_arn(queue);
     let mut running = tokio::task::JoinSet::new();
     loop {
