@@ -1,8 +1,8 @@
 //! The SDK's HTTPS client as every chatrun `SdkConfig` gets it (`chatrun_aws::sdk_config_loader`:
-//! rustls on `ring`, the system's root certificates) over real TLS: a local server whose
-//! certificate is signed by a throwaway CA that only `SSL_CERT_FILE` names, so the call works
-//! only if the handshake, the certificate check against the loaded roots and the host name check
-//! all pass. The emulator tests speak plain HTTP; AWS endpoints do not. Needs `openssl` and
+//! rustls on `ring`, Mozilla's roots unless `SSL_CERT_FILE`/`SSL_CERT_DIR` name others) over real
+//! TLS: a local server whose certificate is signed by a throwaway CA. Without `SSL_CERT_FILE` the
+//! call must fail on the certificate; with it naming the CA, it works only if the handshake, the
+//! certificate check against the loaded roots and the host name check all pass. The emulator tests speak plain HTTP; AWS endpoints do not. Needs `openssl` and
 //! `python3` (both already needed by the emulators).
 
 use std::io::{BufRead, BufReader};
@@ -114,7 +114,7 @@ fn certificates(dir: &Path) {
 }
 
 #[tokio::test]
-async fn the_sdk_client_speaks_tls_and_trusts_the_system_roots() {
+async fn the_sdk_client_trusts_mozilla_roots_or_those_ssl_cert_file_names() {
     let dir = std::env::temp_dir().join(format!("chatrun-tls-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     certificates(&dir);
@@ -132,10 +132,39 @@ async fn the_sdk_client_speaks_tls_and_trusts_the_system_roots() {
     let _server = Server(child);
     let port: u16 = port.trim().parse().expect("the server prints its port");
 
-    // The only root this process trusts: rustls-native-certs reads SSL_CERT_FILE instead of the
-    // system's store. Set before the first connection loads the roots; this file's only test.
+    // No SSL_CERT_FILE/SSL_CERT_DIR (as on Lambda): the client trusts Mozilla's roots, compiled
+    // in, which do not include the throwaway CA, so the handshake must fail on the certificate.
+    // This also builds the connector, which panics if a compiled-in root does not parse.
     // SAFETY: no other thread of this test binary reads or writes the environment yet.
+    unsafe {
+        std::env::remove_var("SSL_CERT_FILE");
+        std::env::remove_var("SSL_CERT_DIR");
+    }
+    let refused = list_tables(port)
+        .await
+        .expect_err("the throwaway CA is not a Mozilla root");
+    let refused = format!(
+        "{:?}",
+        aws_sdk_dynamodb::error::DisplayErrorContext(&refused)
+    );
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+
+    // SSL_CERT_FILE set: the only root this process trusts is the file's (rustls-native-certs
+    // reads it instead of the system's store). Set before the first client that uses the system's
+    // roots loads them; this file's only test.
+    // SAFETY: as above; the finished call's threads do not touch the environment.
     unsafe { std::env::set_var("SSL_CERT_FILE", dir.join("ca.pem")) };
+    let tables = list_tables(port).await.expect("ListTables over TLS");
+    assert_eq!(tables.table_names(), ["over-tls"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn list_tables(
+    port: u16,
+) -> Result<
+    aws_sdk_dynamodb::operation::list_tables::ListTablesOutput,
+    aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::list_tables::ListTablesError>,
+> {
     let config = chatrun_aws::sdk_config_loader()
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
@@ -144,11 +173,8 @@ async fn the_sdk_client_speaks_tls_and_trusts_the_system_roots() {
         .endpoint_url(format!("https://localhost:{port}"))
         .load()
         .await;
-    let tables = aws_sdk_dynamodb::Client::new(&config)
+    aws_sdk_dynamodb::Client::new(&config)
         .list_tables()
         .send()
         .await
-        .expect("ListTables over TLS");
-    assert_eq!(tables.table_names(), ["over-tls"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -38,7 +38,7 @@ impl OpenAiModel {
             config = config.with_api_base(base.trim_end_matches('/'));
         }
         OpenAiModel {
-            client: Client::with_config(config),
+            client: Client::build(http_client(), config),
             model: model.to_owned(),
             provider: provider.to_owned(),
             catalog: None,
@@ -52,6 +52,29 @@ impl OpenAiModel {
         self.catalog = Some(catalog);
         self
     }
+}
+
+/// The model's HTTP client: reqwest's defaults (what async-openai's `Client::with_config` builds),
+/// trusting Mozilla's roots, compiled in (`webpki-root-certs`), unless `SSL_CERT_FILE` or
+/// `SSL_CERT_DIR` is set. reqwest's own default, the platform verifier, reads the system's
+/// certificate files whenever a client is built: at run-turn's cold start, 4 to 16 ms of it on
+/// this machine (BENCHMARKS.md, "Lambda bootstraps and cold init"). With either variable set it
+/// trusts exactly what they name, as before: how to trust a private CA or a local server's own.
+/// The AWS SDK's client makes the same choice (`chatrun_aws::sdk_config_loader`).
+fn http_client() -> reqwest_openai::Client {
+    let mut builder = reqwest_openai::Client::builder();
+    let system_roots_named =
+        std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some();
+    if !system_roots_named {
+        builder =
+            builder.tls_certs_only(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().map(|cert| {
+                reqwest_openai::Certificate::from_der(cert)
+                    .expect("with rustls, a certificate is only parsed when the client is built")
+            }));
+    }
+    // As reqwest's `Client::new`, which async-openai called: fails only if no TLS backend can
+    // start, here if a root does not parse (a broken `webpki-root-certs`).
+    builder.build().expect("the model's HTTP client builds")
 }
 
 /// Makes `ring` the process's rustls crypto provider, which the model's reqwest client uses:
