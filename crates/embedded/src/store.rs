@@ -301,6 +301,43 @@ fn sweep_expired_events(c: &rusqlite::Connection, now: Millis) -> Result<(), Sto
     Ok(())
 }
 
+/// Keeps the newest [`MAX_SUBSCRIPTIONS_PER_CONNECTION`] subscriptions of the connection (ties
+/// broken by rowid, the order of subscribing, so the oldest goes first) and names the chats
+/// whose subscription was dropped. Counted first: nearly every subscribe is within the limit,
+/// and the pruning statement is costly (SQLite compiles it again on every run).
+fn prune_subscriptions(
+    c: &rusqlite::Connection,
+    connection_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    let held: i64 = c
+        .query_row_cached(
+            "SELECT COUNT(*) FROM subscriptions WHERE connection_id = ?1",
+            [connection_id],
+            |r| r.get(0),
+        )
+        .map_err(store_error)?;
+    if held <= MAX_SUBSCRIPTIONS_PER_CONNECTION as i64 {
+        return Ok(Vec::new());
+    }
+    let mut stmt = c
+        .prepare_cached(
+            "DELETE FROM subscriptions WHERE connection_id = ?1 AND rowid NOT IN (
+                 SELECT rowid FROM subscriptions WHERE connection_id = ?1
+                 ORDER BY subscribed_at DESC, rowid DESC LIMIT ?2)
+             RETURNING chat_id",
+        )
+        .map_err(store_error)?;
+    let dropped = stmt
+        .query_map(
+            params![connection_id, MAX_SUBSCRIPTIONS_PER_CONNECTION as i64],
+            |r| r.get(0),
+        )
+        .map_err(store_error)?
+        .collect::<Result<_, _>>()
+        .map_err(store_error)?;
+    Ok(dropped)
+}
+
 fn read_session(
     c: &rusqlite::Connection,
     chat_id: &str,
@@ -862,37 +899,7 @@ impl ChatStore for SqliteChatStore {
                 params![chat_id, connection_id, now, expires_at],
             )
             .map_err(store_error)?;
-            // Keep the newest MAX subscriptions of the connection; ties broken by rowid (order of
-            // subscribing), so the oldest goes first. Counted first: nearly every subscribe is
-            // within the limit, and the pruning statement is costly (SQLite compiles it again
-            // on every run).
-            let held: i64 = c
-                .query_row_cached(
-                    "SELECT COUNT(*) FROM subscriptions WHERE connection_id = ?1",
-                    [&connection_id],
-                    |r| r.get(0),
-                )
-                .map_err(store_error)?;
-            let dropped: Vec<String> = if held <= MAX_SUBSCRIPTIONS_PER_CONNECTION as i64 {
-                Vec::new()
-            } else {
-            let mut stmt = c
-                .prepare_cached(
-                    "DELETE FROM subscriptions WHERE connection_id = ?1 AND rowid NOT IN (
-                         SELECT rowid FROM subscriptions WHERE connection_id = ?1
-                         ORDER BY subscribed_at DESC, rowid DESC LIMIT ?2)
-                     RETURNING chat_id",
-                )
-                .map_err(store_error)?;
-            stmt
-                .query_map(
-                    params![connection_id, MAX_SUBSCRIPTIONS_PER_CONNECTION as i64],
-                    |r| r.get(0),
-                )
-                .map_err(store_error)?
-                .collect::<Result<_, _>>()
-                .map_err(store_error)?
-            };
+            let dropped = prune_subscriptions(c, &connection_id)?;
             for dropped_chat in &dropped {
                 mirror_update(&mirror, dropped_chat, |signals| {
                     signals.subscribers.retain(|(id, _)| *id != connection_id)
