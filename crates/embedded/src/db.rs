@@ -94,6 +94,38 @@ pub struct Database {
     checkpoints: mpsc::Sender<()>,
 }
 
+/// What a caller that keeps some of what it wrote in memory needs from the file's writer.
+pub struct Hooks {
+    /// Runs once on the writer's connection, after the schema and before any operation (to
+    /// migrate, or to load what the caller keeps in memory).
+    pub on_open: OnOpen,
+    /// Runs on the writer's thread after each batch, before its operations are answered, told
+    /// whether the batch was committed. After a failed commit the connection is outside any
+    /// transaction, on the last committed state (from which a caller reloads what it cached).
+    pub after_batch: AfterBatch,
+}
+
+/// [`Hooks::on_open`].
+pub type OnOpen = Box<dyn FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<()> + Send>;
+/// [`Hooks::after_batch`].
+pub type AfterBatch = Box<dyn Fn(&rusqlite::Connection, Committed) + Send>;
+
+/// Whether a batch was committed ([`Hooks::after_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    Yes,
+    No,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            on_open: Box::new(|_| Ok(())),
+            after_batch: Box::new(|_, _| {}),
+        }
+    }
+}
+
 /// Opens a connection to a SQLite file: WAL, `synchronous=NORMAL` (durable across process
 /// crashes; an OS crash may lose the last transactions).
 fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
@@ -110,19 +142,16 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
 }
 
 impl Database {
-    /// Opens (creating if needed) the file at `path`, runs `schema`, and starts its thread.
-    /// `on_rollback` runs on that thread after a commit that failed (callers that cache what
-    /// they wrote forget it there).
+    /// Opens (creating if needed) the file at `path`, runs `schema` and `hooks.on_open`, and
+    /// starts its threads.
     /// # Errors
     /// The file cannot be opened, locked or given the schema.
-    pub fn open(
-        path: &Path,
-        schema: &str,
-        on_rollback: Box<dyn Fn() + Send>,
-    ) -> Result<Database, DbError> {
+    pub fn open(path: &Path, schema: &str, hooks: Hooks) -> Result<Database, DbError> {
         let lock = lock_file(path)?;
         let mut conn = open_connection(path)?;
         conn.execute_batch(schema)?;
+        (hooks.on_open)(&mut conn)?;
+        let after_batch = hooks.after_batch;
         // Checkpoints are the checkpointer's job, not the commit's.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let reader = open_connection(path)?;
@@ -152,7 +181,7 @@ impl Database {
         spawn(
             "write",
             Box::new(move || {
-                serve(&mut conn, &queued, on_rollback.as_ref());
+                serve(&mut conn, &queued, after_batch.as_ref());
                 // Closed: the next instance may open the file.
                 drop(conn);
                 drop(lock);
@@ -467,7 +496,7 @@ impl Stats {
 fn serve(
     conn: &mut rusqlite::Connection,
     queued: &mpsc::Receiver<Request>,
-    on_rollback: &dyn Fn(),
+    after_batch: &dyn Fn(&rusqlite::Connection, Committed),
 ) {
     let thread = std::thread::current().name().unwrap_or("sqlite").to_owned();
     let stats_on = tracing::enabled!(tracing::Level::DEBUG);
@@ -533,10 +562,17 @@ fn serve(
         }
         let error = committed.err().map(|e| {
             let _ = exec_cached(conn, "ROLLBACK");
-            on_rollback();
             tracing::error!(error = %e, "a SQLite commit failed; its operations answer with an error");
             e.to_string()
         });
+        after_batch(
+            conn,
+            if error.is_none() {
+                Committed::Yes
+            } else {
+                Committed::No
+            },
+        );
         for reply in replies {
             reply(error.as_deref());
         }
@@ -583,7 +619,7 @@ mod tests {
         Database::open(
             &dir.path().join("t.sqlite3"),
             "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
-            Box::new(|| {}),
+            Hooks::default(),
         )
         .expect("open")
     }
@@ -662,7 +698,7 @@ mod tests {
         let db = Database::open(
             &dir.path().join("t.sqlite3"),
             "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
-            Box::new(|| {}),
+            Hooks::default(),
         )
         .expect("reopen");
         let v: String = db
@@ -822,7 +858,7 @@ mod tests {
         let second = Database::open(
             &dir.path().join("t.sqlite3"),
             "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
-            Box::new(|| {}),
+            Hooks::default(),
         )
         .expect("the file is free again");
         assert!(started.elapsed() < std::time::Duration::from_secs(10));

@@ -6,7 +6,9 @@
 //! # Layout
 //! - [`db`]: one SQLite file served by its own thread, with group commit: what both SQLite
 //!   adapters run on, so no SQLite work happens on the async runtime's threads.
-//! - [`store`]: `SqliteChatStore`, the `ChatStore` on one SQLite file (WAL), surviving restarts.
+//! - [`store`]: `SqliteChatStore`, the `ChatStore` on one SQLite file (WAL), surviving restarts,
+//!   with the stream events in a second file (`events`, written in arrival order and indexed by
+//!   run a second at a time).
 //! - [`queue`]: `SqliteTurnQueue`, a durable queue with the SQS FIFO semantics run-turn relies
 //!   on: message groups, deduplication ids, visibility timeout, receive counts, dead letters.
 //! - [`connections`]: `InProcessConnections`, the registry of the gateway's open WebSockets,
@@ -14,6 +16,7 @@
 
 pub mod connections;
 pub mod db;
+mod events;
 pub mod queue;
 pub mod store;
 

@@ -25,7 +25,7 @@ use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 
 use crate::Cached;
-use crate::db::{Database, DbError};
+use crate::db::{Database, DbError, Hooks};
 use crate::queue_error;
 
 /// SQS's deduplication interval.
@@ -89,7 +89,7 @@ impl SqliteTurnQueue {
         visibility_timeout: Duration,
         max_receives: u32,
     ) -> Result<Self, QueueError> {
-        let db = Database::open(path.as_ref(), SCHEMA, Box::new(|| {}))?;
+        let db = Database::open(path.as_ref(), SCHEMA, Hooks::default())?;
         Ok(SqliteTurnQueue {
             db,
             visibility_timeout,

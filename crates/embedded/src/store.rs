@@ -3,8 +3,8 @@
 //! The file is served by its own thread with group commit ([`crate::db`]): no SQLite work on
 //! the async runtime's threads, and the frames of many chats share one transaction. Messages
 //! are one row each (like DynamoDB items), sessions carry a version for conditional writes,
-//! and stream events are keyed by `(run_id, first_event_id)` so a second writer of the same
-//! frame fails.
+//! and a stream event is written once per `(run_id, first_event_id)`, so a second writer of
+//! the same frame fails ([`crate::events`] keeps them).
 //!
 //! Between frames run-turn reads the chat's session and subscribers. This process is the only
 //! writer of the file (its lock file, [`crate::db`]), so the store keeps a mirror of both per chat, kept
@@ -29,7 +29,8 @@ use chatrun_core::ports::{
 use rusqlite::{OptionalExtension, params};
 
 use crate::Cached;
-use crate::db::{Database, DbError};
+use crate::db::{Committed, Database, DbError, Hooks};
+use crate::events::EventLog;
 use crate::store_error;
 
 const SCHEMA: &str = "
@@ -88,20 +89,6 @@ CREATE TABLE IF NOT EXISTS usage_slots (
 CREATE INDEX IF NOT EXISTS usage_slots_by_expiry ON usage_slots (expires_at);
 ";
 
-/// The stream events, in a file of their own next to the store's: frames are nearly all the
-/// writes of a busy server, and with their own writer thread and commits, the few writes that
-/// start a turn (claim it, store the message) never wait behind a batch of other chats' frames.
-const EVENTS_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
-    run_id TEXT NOT NULL,
-    first_event_id INTEGER NOT NULL,
-    last_event_id INTEGER NOT NULL,
-    chunks TEXT NOT NULL,
-    expires_at INTEGER NOT NULL,
-    PRIMARY KEY (run_id, first_event_id)
-);
-";
-
 /// What run-turn reads between frames, mirrored per chat.
 #[derive(Debug, Clone, Default)]
 struct ChatSignals {
@@ -129,20 +116,14 @@ fn mirror_forget(mirror: &Mirror, chat_ids: &[String]) {
     }
 }
 
-/// Every this many stream events, the write also deletes expired ones (see
-/// [`sweep_expired_events`]): DynamoDB expires them by TTL, SQLite has to be told.
-const SWEEP_EVERY_EVENTS: u64 = 256;
-/// At most this many expired events are deleted per sweep: twice what was appended since the
-/// last one, so the sweeps outpace the appends without any one of them taking long.
-const SWEEP_AT_MOST: i64 = 512;
-
 /// The `ChatStore` on SQLite.
 pub struct SqliteChatStore {
     db: Database,
-    /// The stream events' file (`<name>.events.sqlite3` beside the store's).
-    events: Database,
-    /// Stream events appended since this store opened (when to sweep).
-    appended: std::sync::atomic::AtomicU64,
+    /// The stream events, in a file of their own (`<name>.events.sqlite3` beside the store's):
+    /// frames are nearly all the writes of a busy server, and with their own writer thread and
+    /// commits, the few writes that start a turn (claim it, store the message) never wait
+    /// behind a batch of other chats' frames.
+    events: EventLog,
     mirror: Mirror,
 }
 
@@ -156,15 +137,15 @@ impl From<DbError> for StoreError {
     }
 }
 
-fn is_constraint(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_constraint(e: &rusqlite::Error) -> bool {
     e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("encoding: {e}")))
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text)
         .map_err(|e| StoreError::Backend(format!("decoding a stored item: {e}")))
 }
@@ -207,23 +188,19 @@ impl SqliteChatStore {
         let db = Database::open(
             path.as_ref(),
             SCHEMA,
-            Box::new(move || {
-                if let Ok(mut chats) = forget_all.lock() {
-                    chats.clear();
-                }
-            }),
+            Hooks {
+                after_batch: Box::new(move |_, committed| {
+                    if committed == Committed::No
+                        && let Ok(mut chats) = forget_all.lock()
+                    {
+                        chats.clear();
+                    }
+                }),
+                ..Hooks::default()
+            },
         )?;
-        let events = Database::open(
-            &path.as_ref().with_extension("events.sqlite3"),
-            EVENTS_SCHEMA,
-            Box::new(|| {}),
-        )?;
-        Ok(SqliteChatStore {
-            db,
-            events,
-            appended: std::sync::atomic::AtomicU64::new(0),
-            mirror,
-        })
+        let events = EventLog::open(&path.as_ref().with_extension("events.sqlite3"))?;
+        Ok(SqliteChatStore { db, events, mirror })
     }
 
     /// Closes the files once pending operations are done (a stopping server releases them for
@@ -276,35 +253,6 @@ impl SqliteChatStore {
     }
 }
 
-/// Deletes up to [`SWEEP_AT_MOST`] of the oldest stream events, those expired by `now`.
-/// Events are appended in time order with the same lifetime, so the expired ones are the first
-/// rows: the sweep reads only those, never the whole table.
-fn sweep_expired_events(c: &rusqlite::Connection, now: Millis) -> Result<(), StoreError> {
-    // Nearly always nothing has expired: one row tells.
-    let oldest: Option<Millis> = c
-        .query_row_cached(
-            "SELECT expires_at FROM events ORDER BY rowid LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(store_error)?;
-    if oldest.is_none_or(|expires_at| expires_at > now) {
-        return Ok(());
-    }
-    c.execute_cached(
-        "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY rowid LIMIT ?1)
-         AND expires_at <= ?2",
-        params![SWEEP_AT_MOST, now],
-    )
-    .map_err(store_error)?;
-    Ok(())
-}
-
-/// Keeps the newest [`MAX_SUBSCRIPTIONS_PER_CONNECTION`] subscriptions of the connection (ties
-/// broken by rowid, the order of subscribing, so the oldest goes first) and names the chats
-/// whose subscription was dropped. Counted first: nearly every subscribe is within the limit,
-/// and the pruning statement is costly (SQLite compiles it again on every run).
 fn prune_subscriptions(
     c: &rusqlite::Connection,
     connection_id: &str,
@@ -536,12 +484,7 @@ impl ChatStore for SqliteChatStore {
         // The chat is gone, so nothing can resume its run any more; its events go after it
         // (had this failed, they would only take space until the run's events expire).
         if let Some(run) = run {
-            self.events
-                .call(move |c| {
-                    c.execute_cached("DELETE FROM events WHERE run_id = ?1", [run])
-                        .map_err(store_error)
-                })
-                .await?;
+            self.events.delete_run(run).await?;
         }
         Ok(())
     }
@@ -713,50 +656,7 @@ impl ChatStore for SqliteChatStore {
     }
 
     async fn append_event(&self, event: &StreamEvent) -> Result<(), StoreError> {
-        if event.chunks.is_empty() {
-            return Err(StoreError::Backend(
-                "an event needs at least one chunk".into(),
-            ));
-        }
-        // Encoded here, on the caller's thread: the database thread only writes.
-        let chunks = to_json(&event.chunks)?;
-        let run_id = event.run_id.clone();
-        let first = event.first_event_id;
-        let last = event.last_event_id();
-        let expires_at = event.expires_at;
-        let insert = move |c: &mut rusqlite::Connection| {
-            c.prepare_cached(
-                "INSERT INTO events (run_id, first_event_id, last_event_id, chunks, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![run_id, first as i64, last as i64, chunks, expires_at])
-            })
-            .map_err(|e| {
-                if is_constraint(&e) {
-                    StoreError::Conflict(format!("event {first} of run {run_id} exists"))
-                } else {
-                    store_error(e)
-                }
-            })?;
-            Ok(())
-        };
-        let appended = self
-            .appended
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if appended % SWEEP_EVERY_EVENTS == SWEEP_EVERY_EVENTS - 1 {
-            // The engine's clock, not this machine's: the event was made STREAM_EVENT_TTL
-            // before it expires.
-            let now = expires_at - chatrun_core::config::STREAM_EVENT_TTL.as_millis() as i64;
-            self.events
-                .call(move |c| {
-                    insert(c)?;
-                    sweep_expired_events(c, now)
-                })
-                .await
-        } else {
-            // One statement: no savepoint needed (`call_statement`).
-            self.events.call_statement(insert).await
-        }
+        self.events.append(event).await
     }
 
     async fn events_after(
@@ -765,63 +665,11 @@ impl ChatStore for SqliteChatStore {
         after_event_id: u64,
         now: Millis,
     ) -> Result<Vec<StreamEvent>, StoreError> {
-        let run = run_id.to_owned();
-        let rows: Vec<(i64, String, i64)> = self
-            .events.read(move |c| {
-                let mut stmt = c
-                    .prepare_cached(
-                        // Events of a run cover consecutive ids, so those ending after ?2
-                        // start at the one holding ?2 + 1: seeking there (instead of filtering
-                        // every event of the run, which holds all its turns) keeps this an index
-                        // range of a row or two at a turn's start.
-                        "SELECT first_event_id, chunks, expires_at FROM events
-                         WHERE run_id = ?1
-                           AND first_event_id >= COALESCE(
-                               (SELECT MAX(first_event_id) FROM events WHERE run_id = ?1 AND first_event_id <= ?2 + 1), 0)
-                           AND last_event_id > ?2 AND expires_at > ?3
-                         ORDER BY first_event_id",
-                    )
-                    .map_err(store_error)?;
-                let rows = stmt
-                    .query_map(params![run, after_event_id as i64, now], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
-                    .map_err(store_error)?
-                    .collect::<Result<_, _>>()
-                    .map_err(store_error)?;
-                Ok::<_, StoreError>(rows)
-            })
-            .await?;
-        rows.into_iter()
-            .map(|(first, chunks, expires_at)| {
-                Ok(StreamEvent {
-                    run_id: run_id.to_owned(),
-                    first_event_id: first as u64,
-                    chunks: from_json(&chunks)?,
-                    expires_at,
-                })
-            })
-            .collect()
+        self.events.after(run_id, after_event_id, now).await
     }
 
     async fn last_event_id(&self, run_id: &str, now: Millis) -> Result<u64, StoreError> {
-        let run_id = run_id.to_owned();
-        self.events
-            .read(move |c| {
-                let last: Option<i64> = c
-                    .query_row_cached(
-                        // The newest event ends last (ids only grow): one index seek, not a
-                        // scan of every event of the run.
-                        "SELECT last_event_id FROM events WHERE run_id = ?1 AND expires_at > ?2
-                     ORDER BY first_event_id DESC LIMIT 1",
-                        params![run_id, now],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(store_error)?;
-                Ok(last.unwrap_or(0) as u64)
-            })
-            .await
+        self.events.last_event_id(run_id, now).await
     }
 
     async fn put_connection(&self, connection: &Connection) -> Result<(), StoreError> {
@@ -1112,65 +960,4 @@ fn chats_of(c: &rusqlite::Connection, connection_id: &str) -> Result<Vec<String>
         .collect::<Result<_, _>>()
         .map_err(store_error)?;
     Ok(rows)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chatrun_core::config::STREAM_EVENT_TTL;
-
-    fn event(run_id: &str, first_event_id: u64, expires_at: Millis) -> StreamEvent {
-        StreamEvent {
-            run_id: run_id.into(),
-            first_event_id,
-            chunks: vec![chatrun_core::chunk::UIMessageChunk::TextDelta {
-                id: "t".into(),
-                delta: "x".into(),
-                provider_metadata: None,
-            }],
-            expires_at,
-        }
-    }
-
-    async fn stored_events(store: &SqliteChatStore) -> i64 {
-        store
-            .events
-            .read(|c| {
-                c.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
-                    .map_err(store_error)
-            })
-            .await
-            .unwrap()
-    }
-
-    #[tokio::test]
-    async fn expired_stream_events_are_swept_as_new_ones_are_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteChatStore::open(dir.path().join("chatrun.sqlite3")).unwrap();
-        let ttl = STREAM_EVENT_TTL.as_millis() as i64;
-        let day_one = 1_800_000_000_000;
-        for id in 1..=300 {
-            store
-                .append_event(&event("old", id, day_one + ttl))
-                .await
-                .unwrap();
-        }
-        // A day later: the first day's events have expired.
-        let day_two = day_one + ttl;
-        for id in 1..=2 * SWEEP_EVERY_EVENTS {
-            store
-                .append_event(&event("new", id, day_two + ttl))
-                .await
-                .unwrap();
-        }
-        assert_eq!(
-            stored_events(&store).await,
-            2 * SWEEP_EVERY_EVENTS as i64,
-            "every expired event is gone and every live one kept"
-        );
-        assert_eq!(
-            store.last_event_id("new", day_two).await.unwrap(),
-            2 * SWEEP_EVERY_EVENTS
-        );
-    }
 }
