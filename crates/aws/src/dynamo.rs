@@ -29,6 +29,7 @@
 //! Key shapes and attribute names live in [`keys`] and [`attr`], nowhere else.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -45,7 +46,7 @@ use chatrun_core::domain::{
 use chatrun_core::error::StoreError;
 use chatrun_core::history::{MessagePage, PageLimits, PageReader};
 use chatrun_core::message::UIMessage;
-use chatrun_core::ports::{ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION};
+use chatrun_core::ports::{ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION, TurnSignals};
 
 /// The largest message body stored in one item (DynamoDB's item limit is 400 KB).
 const MAX_MESSAGE_BYTES: usize = 380 * 1024;
@@ -1227,7 +1228,7 @@ impl ChatStore for DynamoChatStore {
         &self,
         chat_id: &ChatId,
         now: Millis,
-    ) -> Result<(Option<ChatSession>, Vec<String>), StoreError> {
+    ) -> Result<Arc<TurnSignals>, StoreError> {
         let items = self
             .query_all(
                 "pk = :p AND sk BETWEEN :from AND :to",
@@ -1250,7 +1251,10 @@ impl ChatStore for DynamoChatStore {
                 _ => {}
             }
         }
-        Ok((session, subscribers))
+        Ok(Arc::new(TurnSignals {
+            session,
+            subscribers,
+        }))
     }
 }
 

@@ -8,6 +8,7 @@
 //! Times are epoch milliseconds. "Expired" means `expires_at <= now`: stores treat expired
 //! items as gone even when the backend has not deleted them yet (DynamoDB's TTL is late).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -174,17 +175,28 @@ pub trait ChatStore: Send + Sync {
     async fn subscribers(&self, chat_id: &ChatId, now: Millis) -> Result<Vec<String>, StoreError>;
 
     /// The session and the subscribers together: what run-turn reads between frames. Backends
-    /// that can answer both with one request (DynamoDB: one Query) override this.
+    /// that can answer both with one request (DynamoDB: one Query) override this, and one that
+    /// keeps them in memory hands out the same [`TurnSignals`] until either changes.
     async fn session_and_subscribers(
         &self,
         chat_id: &ChatId,
         now: Millis,
-    ) -> Result<(Option<ChatSession>, Vec<String>), StoreError> {
-        Ok((
-            self.get_session(chat_id).await?,
-            self.subscribers(chat_id, now).await?,
-        ))
+    ) -> Result<Arc<TurnSignals>, StoreError> {
+        Ok(Arc::new(TurnSignals {
+            session: self.get_session(chat_id).await?,
+            subscribers: self.subscribers(chat_id, now).await?,
+        }))
     }
+}
+
+/// A chat's session and the connections subscribed to it: what run-turn reads after every
+/// frame ([`ChatStore::session_and_subscribers`]). Shared (`Arc`) because it is read far more
+/// often than it changes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TurnSignals {
+    pub session: Option<ChatSession>,
+    /// The live (unexpired) subscriptions' connection ids.
+    pub subscribers: Vec<String>,
 }
 
 /// Whether a limited action may go ahead ([`UsageCounters`]).

@@ -23,8 +23,8 @@ use chatrun_core::error::StoreError;
 use chatrun_core::history::{MessagePage, PageLimits, PageReader};
 use chatrun_core::message::UIMessage;
 use chatrun_core::ports::{
-    Admission, ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION, SlotAndCount, SlotClaim, UsageCounters,
-    WindowCount,
+    Admission, ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION, SlotAndCount, SlotClaim, TurnSignals,
+    UsageCounters, WindowCount,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -95,6 +95,45 @@ struct ChatSignals {
     session: Option<ChatSession>,
     /// Subscribed connections and when each subscription expires.
     subscribers: Vec<(String, Millis)>,
+    /// The last answer to `session_and_subscribers`, handed out again (not copied) after
+    /// every frame until something changes; every change clears it.
+    answered: Option<Answered>,
+}
+
+/// An answer to `session_and_subscribers` and the times it holds for: from when it was made
+/// until the first of its subscriptions expires.
+#[derive(Debug, Clone)]
+struct Answered {
+    signals: Arc<TurnSignals>,
+    from: Millis,
+    until: Millis,
+}
+
+impl ChatSignals {
+    fn answer(&mut self, now: Millis) -> Arc<TurnSignals> {
+        if let Some(answered) = &self.answered
+            && (answered.from..answered.until).contains(&now)
+        {
+            return answered.signals.clone();
+        }
+        let signals = Arc::new(TurnSignals {
+            session: self.session.clone(),
+            subscribers: live(&self.subscribers, now),
+        });
+        let until = self
+            .subscribers
+            .iter()
+            .map(|(_, expires_at)| *expires_at)
+            .filter(|expires_at| *expires_at > now)
+            .min()
+            .unwrap_or(Millis::MAX);
+        self.answered = Some(Answered {
+            signals: signals.clone(),
+            from: now,
+            until,
+        });
+        signals
+    }
 }
 
 /// The mirror, written only on the database thread (in write order) and read anywhere.
@@ -105,6 +144,7 @@ fn mirror_update(mirror: &Mirror, chat_id: &str, change: impl FnOnce(&mut ChatSi
         && let Some(signals) = chats.get_mut(chat_id)
     {
         change(signals);
+        signals.answered = None;
     }
 }
 
@@ -137,7 +177,7 @@ impl From<DbError> for StoreError {
     }
 }
 
-pub(crate) fn is_constraint(e: &rusqlite::Error) -> bool {
+fn is_constraint(e: &rusqlite::Error) -> bool {
     e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
 }
 
@@ -227,27 +267,31 @@ impl SqliteChatStore {
         self.db.read(operation).await
     }
 
-    /// The chat's mirrored session and subscribers, loaded on the database thread on a miss.
-    async fn signals(&self, chat_id: &ChatId) -> Result<ChatSignals, StoreError> {
-        if let Some(signals) = self
-            .mirror
-            .lock()
-            .ok()
-            .and_then(|chats| chats.get(chat_id.as_str()).cloned())
+    /// `read` of the chat's mirrored session and subscribers, loaded on the database thread on
+    /// a miss.
+    async fn signals<T: Send + 'static>(
+        &self,
+        chat_id: &ChatId,
+        read: impl FnOnce(&mut ChatSignals) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if let Ok(mut chats) = self.mirror.lock()
+            && let Some(signals) = chats.get_mut(chat_id.as_str())
         {
-            return Ok(signals);
+            return Ok(read(signals));
         }
         let mirror = self.mirror.clone();
         let chat_id = chat_id.as_str().to_owned();
         self.with(move |c| {
-            let signals = ChatSignals {
+            let mut signals = ChatSignals {
                 session: read_session(c, &chat_id)?,
                 subscribers: read_subscribers(c, &chat_id)?,
+                answered: None,
             };
+            let answer = read(&mut signals);
             if let Ok(mut chats) = mirror.lock() {
-                chats.insert(chat_id, signals.clone());
+                chats.insert(chat_id, signals);
             }
-            Ok(signals)
+            Ok(answer)
         })
         .await
     }
@@ -618,7 +662,8 @@ impl ChatStore for SqliteChatStore {
     }
 
     async fn get_session(&self, chat_id: &ChatId) -> Result<Option<ChatSession>, StoreError> {
-        Ok(self.signals(chat_id).await?.session)
+        self.signals(chat_id, |signals| signals.session.clone())
+            .await
     }
 
     async fn put_session(
@@ -781,16 +826,17 @@ impl ChatStore for SqliteChatStore {
     }
 
     async fn subscribers(&self, chat_id: &ChatId, now: Millis) -> Result<Vec<String>, StoreError> {
-        Ok(live(&self.signals(chat_id).await?.subscribers, now))
+        self.signals(chat_id, move |signals| live(&signals.subscribers, now))
+            .await
     }
 
     async fn session_and_subscribers(
         &self,
         chat_id: &ChatId,
         now: Millis,
-    ) -> Result<(Option<ChatSession>, Vec<String>), StoreError> {
-        let signals = self.signals(chat_id).await?;
-        Ok((signals.session, live(&signals.subscribers, now)))
+    ) -> Result<Arc<TurnSignals>, StoreError> {
+        self.signals(chat_id, move |signals| signals.answer(now))
+            .await
     }
 }
 
@@ -960,4 +1006,61 @@ fn chats_of(c: &rusqlite::Connection, connection_id: &str) -> Result<Vec<String>
         .collect::<Result<_, _>>()
         .map_err(store_error)?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_signals_after_each_frame_are_shared_until_something_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteChatStore::open(dir.path().join("chatrun.sqlite3")).unwrap();
+        let chat = ChatId::parse("chat-1").unwrap();
+        let now = 1_800_000_000_000;
+        store
+            .subscribe(&chat, "c1", now, now + 1_000)
+            .await
+            .unwrap();
+        let first = store.session_and_subscribers(&chat, now).await.unwrap();
+        assert_eq!(first.subscribers, ["c1"]);
+        let again = store
+            .session_and_subscribers(&chat, now + 10)
+            .await
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "nothing changed: the same answer"
+        );
+
+        store
+            .subscribe(&chat, "c2", now, now + 5_000)
+            .await
+            .unwrap();
+        let both = store
+            .session_and_subscribers(&chat, now + 20)
+            .await
+            .unwrap();
+        assert_eq!(both.subscribers, ["c1", "c2"]);
+
+        // c1's subscription expires: the answer changes with the clock alone.
+        let later = store
+            .session_and_subscribers(&chat, now + 1_000)
+            .await
+            .unwrap();
+        assert_eq!(later.subscribers, ["c2"]);
+        // A clock that went back (another worker's) is answered afresh, not from the cache.
+        let earlier = store
+            .session_and_subscribers(&chat, now + 500)
+            .await
+            .unwrap();
+        assert_eq!(earlier.subscribers, ["c1", "c2"]);
+
+        store.unsubscribe(&chat, "c2").await.unwrap();
+        let none = store
+            .session_and_subscribers(&chat, now + 1_000)
+            .await
+            .unwrap();
+        assert!(none.subscribers.is_empty());
+    }
 }

@@ -718,9 +718,9 @@ pub async fn connections_and_subscriptions<S: ChatStore + ?Sized>(store: &S) {
         vec![conn.clone()]
     );
 
-    let (session, subs) = store.session_and_subscribers(&chats[2], NOW).await.unwrap();
-    assert!(session.is_none());
-    assert_eq!(subs, vec![conn.clone()]);
+    let signals = store.session_and_subscribers(&chats[2], NOW).await.unwrap();
+    assert!(signals.session.is_none());
+    assert_eq!(signals.subscribers, vec![conn.clone()]);
 
     store.unsubscribe(&chats[2], &conn).await.unwrap();
     store.unsubscribe(&chats[2], &conn).await.unwrap();

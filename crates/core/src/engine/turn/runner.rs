@@ -175,8 +175,7 @@ pub async fn run_turn(
         .await;
     }
 
-    let (_, subscribers) = s.store.session_and_subscribers(chat_id, s.now()).await?;
-    sink.set_subscribers(subscribers);
+    sink.set_signals(s.store.session_and_subscribers(chat_id, s.now()).await?);
     let user_message = history
         .iter()
         .find(|m| m.id == job.user_message_id)
@@ -333,11 +332,11 @@ async fn finish_adopted(
 ) -> Result<TurnOutcome, ChatError> {
     if !sink.accumulated().is_finished() {
         builder.error(error_text);
-        let (_, subscribers) = s
-            .store
-            .session_and_subscribers(&job.chat_id, s.now())
-            .await?;
-        sink.set_subscribers(subscribers);
+        sink.set_signals(
+            s.store
+                .session_and_subscribers(&job.chat_id, s.now())
+                .await?,
+        );
         if flush(&mut builder, &mut sink).await? == Flow::Lost {
             return Ok(TurnOutcome::Dropped("another worker owns the turn"));
         }

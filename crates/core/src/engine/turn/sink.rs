@@ -6,6 +6,8 @@
 //! answers from memory; DynamoDB with one Query): that read says whether the user asked to
 //! stop, who to post to, and whether this worker still owns the turn at all.
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use super::super::Services;
@@ -14,6 +16,7 @@ use crate::chunk::{MessageAccumulator, UIMessageChunk};
 use crate::config::STREAM_EVENT_TTL;
 use crate::domain::{StreamEvent, TurnJob};
 use crate::error::{ChatError, StoreError};
+use crate::ports::TurnSignals;
 use crate::protocol::ServerFrame;
 
 /// What the session said after a frame.
@@ -38,7 +41,8 @@ pub struct FrameSink<'a> {
     next_event_id: u64,
     /// What has been persisted, as clients build it.
     acc: MessageAccumulator,
-    subscribers: Vec<String>,
+    /// The session and subscribers as last read (who the next frame goes to).
+    signals: Arc<TurnSignals>,
     pending_since: Option<Instant>,
     /// When this attempt sent its first frame: the frame cadence widens with the time since.
     first_frame_at: Option<Instant>,
@@ -55,7 +59,7 @@ impl<'a> FrameSink<'a> {
             turn_start: first_event_id,
             next_event_id: first_event_id,
             acc: MessageAccumulator::new(job.assistant_message_id.clone()),
-            subscribers: Vec::new(),
+            signals: Arc::default(),
             pending_since: None,
             first_frame_at: None,
             wrote: false,
@@ -100,11 +104,11 @@ impl<'a> FrameSink<'a> {
     }
 
     pub fn subscribers(&self) -> &[String] {
-        &self.subscribers
+        &self.signals.subscribers
     }
 
-    pub fn set_subscribers(&mut self, subscribers: Vec<String>) {
-        self.subscribers = subscribers;
+    pub fn set_signals(&mut self, signals: Arc<TurnSignals>) {
+        self.signals = signals;
     }
 
     /// Notes that chunks are waiting for a frame (starts the frame interval).
@@ -162,7 +166,7 @@ impl<'a> FrameSink<'a> {
             replay: false,
         };
         self.s
-            .fan_out(&self.job.chat_id, &self.subscribers, &frame)
+            .fan_out(&self.job.chat_id, &self.signals.subscribers, &frame)
             .await;
         Ok(signal)
     }
@@ -198,14 +202,13 @@ impl<'a> FrameSink<'a> {
 
     /// Reads the session and subscribers: what the next frame needs, and whether to go on.
     pub async fn read_signal(&mut self) -> Result<Signal, ChatError> {
-        let (session, subscribers) = self
+        self.signals = self
             .s
             .store
             .session_and_subscribers(&self.job.chat_id, self.s.now())
             .await?;
-        self.subscribers = subscribers;
-        Ok(match session {
-            Some(session) if runs(&session, self.job) => {
+        Ok(match &self.signals.session {
+            Some(session) if runs(session, self.job) => {
                 if session.stop_requested {
                     Signal::StopRequested(session.stop_after_event_id)
                 } else {
