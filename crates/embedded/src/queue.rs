@@ -125,7 +125,7 @@ impl SqliteTurnQueue {
                 )
                 .map_err(queue_error)?;
                 let fresh = tx
-                    .execute(
+                    .execute_cached(
                         "INSERT INTO queue_deduplication (deduplication_id, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                         params![deduplication_id, now + DEDUPLICATION_WINDOW_MS],
                     )
@@ -214,17 +214,20 @@ impl SqliteTurnQueue {
                 continue;
             }
             let receipt = uuid::Uuid::new_v4().to_string();
+            // Read, then update: `UPDATE ... RETURNING` would buffer its row in a temporary
+            // table, opened and freed for every message handed out.
             let (message_id, deduplication_id, body, sent_at) = tx
-                .prepare_cached(
-                    "UPDATE queue_messages SET visible_at = ?2, receive_count = receive_count + 1, receipt = ?3 WHERE seq = ?1
-                     RETURNING message_id, deduplication_id, body, sent_at",
+                .query_row_cached(
+                    "SELECT message_id, deduplication_id, body, sent_at FROM queue_messages WHERE seq = ?1",
+                    [seq],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
-                .and_then(|mut s| {
-                    s.query_row(params![seq, now + visibility_timeout, receipt], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                    })
-                })
                 .map_err(queue_error)?;
+            tx.execute_cached(
+                "UPDATE queue_messages SET visible_at = ?2, receive_count = receive_count + 1, receipt = ?3 WHERE seq = ?1",
+                params![seq, now + visibility_timeout, receipt],
+            )
+            .map_err(queue_error)?;
             taken.insert(group_id.clone());
             batch.push(ReceivedTurn {
                 message_id,

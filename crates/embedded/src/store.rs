@@ -468,7 +468,7 @@ impl ChatStore for SqliteChatStore {
         let title = title.to_owned();
         self.with(move |c| {
             let changed = c
-                .execute(
+                .execute_cached(
                     "UPDATE chats SET title = ?2, updated_at = ?3 WHERE id = ?1",
                     params![chat_id.as_str(), title, now],
                 )
@@ -544,7 +544,7 @@ impl ChatStore for SqliteChatStore {
         let message_id = message.id.clone();
         self.with(move |c| {
             let changed = c
-                .execute(
+                .execute_cached(
                     "UPDATE chats SET updated_at = ?2, message_count = message_count + 1 WHERE id = ?1",
                     params![chat_id.as_str(), now],
                 )
@@ -646,7 +646,7 @@ impl ChatStore for SqliteChatStore {
                 .map_err(store_error)?;
             let seq = seq.ok_or_else(|| StoreError::NotFound(format!("message {message_id}")))?;
             let deleted = c
-                .execute(
+                .execute_cached(
                     "DELETE FROM messages WHERE chat_id = ?1 AND seq >= ?2",
                     params![chat_id.as_str(), seq],
                 )
