@@ -228,16 +228,18 @@ async fn run_socket(
                     .sockets
                     .touch(&connection_id, chrono::Utc::now().timestamp_millis());
                 match message {
+                    // Boxed: the handlers' state lives only while a frame is handled, not
+                    // inline in every idle connection's task (it made each one about 8 KB).
                     Message::Text(text) => {
-                        dispatch(&gateway, &connection_id, text.to_string()).await
+                        Box::pin(dispatch(&gateway, &connection_id, text.to_string())).await
                     }
                     // API Gateway cannot select a route in a binary frame: it goes to $default.
                     Message::Binary(bytes) => {
-                        dispatch(
+                        Box::pin(dispatch(
                             &gateway,
                             &connection_id,
                             String::from_utf8_lossy(&bytes).into_owned(),
-                        )
+                        ))
                         .await
                     }
                     Message::Close(_) => break None,
@@ -258,7 +260,7 @@ async fn run_socket(
         None,
         QueryMap::default(),
     );
-    chatrun_connect::handle(&gateway.services, disconnect).await;
+    Box::pin(chatrun_connect::handle(&gateway.services, disconnect)).await;
     let _ = writer.await;
 }
 
