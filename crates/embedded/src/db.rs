@@ -156,10 +156,11 @@ impl Database {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let reader = open_connection(path)?;
         reader.pragma_update(None, "query_only", true)?;
-        // Page caches per connection (SQLite's default is 2 MiB each): the writer keeps the
-        // default, for the pages every commit touches; the reader less, since what it misses
-        // comes from the OS's cache of the file; the checkpointer barely needs one.
-        reader.pragma_update(None, "cache_size", -1024)?;
+        // Page caches per connection (SQLite's default is 2 MiB each, for each of nine
+        // connections): the writer's is set by its caller (`Hooks::on_open`), for the pages
+        // every commit touches; the reader's is small, since what it misses comes from the
+        // OS's cache of the file; the checkpointer barely needs one.
+        reader.pragma_update(None, "cache_size", -512)?;
         let checkpointer = open_connection(path)?;
         checkpointer.pragma_update(None, "cache_size", -128)?;
 

@@ -89,7 +89,16 @@ impl SqliteTurnQueue {
         visibility_timeout: Duration,
         max_receives: u32,
     ) -> Result<Self, QueueError> {
-        let db = Database::open(path.as_ref(), SCHEMA, Hooks::default())?;
+        let db = Database::open(
+            path.as_ref(),
+            SCHEMA,
+            Hooks {
+                // A few pages hold what is queued or in flight (a row per turn): 512 KiB
+                // against SQLite's 2 MiB default per connection.
+                on_open: Box::new(|c| c.pragma_update(None, "cache_size", -512)),
+                ..Hooks::default()
+            },
+        )?;
         Ok(SqliteTurnQueue {
             db,
             visibility_timeout,
