@@ -111,6 +111,11 @@ struct Unindexed {
     /// The batch being run wrote the index (its entries go once it commits).
     indexed_in_batch: bool,
     last_indexed: Instant,
+    /// How long entries wait for the index ([`INDEX_EVERY`]; tests lengthen it so that only
+    /// `index_next` writes it, whatever the machine's speed).
+    index_every: Duration,
+    /// Write the index at the next append, whenever the last time was.
+    index_next: bool,
 }
 
 impl Unindexed {
@@ -121,12 +126,17 @@ impl Unindexed {
             in_batch: Vec::new(),
             indexed_in_batch: false,
             last_indexed: Instant::now(),
+            index_every: INDEX_EVERY,
+            index_next: false,
         }
     }
 
     /// Forgets everything and reads back, from the rows, the entries the index lacks.
     fn reload(&mut self, c: &rusqlite::Connection) -> rusqlite::Result<()> {
-        *self = Unindexed::new();
+        *self = Unindexed {
+            index_every: self.index_every,
+            ..Unindexed::new()
+        };
         let mut stmt = c.prepare(
             "SELECT id, run_id, first_event_id, last_event_id, expires_at FROM stream_events
              WHERE id > (SELECT event_row FROM stream_event_index_through) ORDER BY id",
@@ -222,6 +232,7 @@ impl Unindexed {
         self.waiting = 0;
         self.indexed_in_batch = true;
         self.last_indexed = Instant::now();
+        self.index_next = false;
         Ok(())
     }
 }
@@ -334,7 +345,8 @@ impl EventLog {
                 });
                 memory.waiting += 1;
                 memory.in_batch.push(run_id);
-                if (memory.last_indexed.elapsed() >= INDEX_EVERY
+                if (memory.index_next
+                    || memory.last_indexed.elapsed() >= memory.index_every
                     || memory.waiting >= INDEX_AT_MOST_WAITING)
                     && let Err(e) = memory.write_index(c)
                 {
@@ -514,28 +526,28 @@ impl EventLog {
             .await
     }
 
-    /// How many events the file holds (for tests).
+    /// How many rows `table` of the file holds (for tests).
     #[cfg(test)]
-    pub(crate) async fn stored(&self) -> i64 {
+    async fn count(&self, table: &'static str) -> i64 {
         self.db
-            .read(|c| {
-                c.query_row("SELECT COUNT(*) FROM stream_events", [], |r| r.get(0))
+            .read(move |c| {
+                c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
                     .map_err(store_error)
             })
             .await
-            .expect("counting events")
+            .expect("counting rows")
+    }
+
+    /// How many events the file holds (for tests).
+    #[cfg(test)]
+    async fn stored(&self) -> i64 {
+        self.count("stream_events").await
     }
 
     /// How many entries the file's index holds (for tests).
     #[cfg(test)]
-    pub(crate) async fn indexed(&self) -> i64 {
-        self.db
-            .read(|c| {
-                c.query_row("SELECT COUNT(*) FROM stream_event_index", [], |r| r.get(0))
-                    .map_err(store_error)
-            })
-            .await
-            .expect("counting index entries")
+    async fn indexed(&self) -> i64 {
+        self.count("stream_event_index").await
     }
 }
 
@@ -666,9 +678,17 @@ mod tests {
     }
 
     impl EventLog {
+        /// The log at `path`, writing its index only when told ([`Self::index_at_next_append`]),
+        /// however long a test takes.
+        fn open_for_test(path: &Path) -> EventLog {
+            let log = EventLog::open(path).unwrap();
+            lock(&log.unindexed).index_every = Duration::from_secs(24 * 3600);
+            log
+        }
+
         /// Makes the next append write the index.
         fn index_at_next_append(&self) {
-            lock(&self.unindexed).last_indexed = Instant::now() - INDEX_EVERY;
+            lock(&self.unindexed).index_next = true;
         }
     }
 
@@ -688,7 +708,7 @@ mod tests {
     #[tokio::test]
     async fn reads_find_events_both_in_the_index_and_not_yet_in_it() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(&dir.path().join("e.sqlite3")).unwrap();
+        let log = EventLog::open_for_test(&dir.path().join("e.sqlite3"));
         // Two runs interleaved: ids 1,3,5,7 each (two chunks per event).
         for n in 0..4 {
             append_run(&log, "a", 1 + 2 * n, 1).await;
@@ -750,7 +770,7 @@ mod tests {
     #[tokio::test]
     async fn a_frame_is_written_once_whether_or_not_it_is_indexed_yet() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(&dir.path().join("e.sqlite3")).unwrap();
+        let log = EventLog::open_for_test(&dir.path().join("e.sqlite3"));
         append_run(&log, "a", 1, 2).await;
         log.index_at_next_append();
         append_run(&log, "a", 5, 1).await;
@@ -765,7 +785,7 @@ mod tests {
         assert_eq!(log.stored().await, 4, "nothing more was written");
         log.close();
         // Reopened (the index lookup starts from nothing): still refused.
-        let log = EventLog::open(&dir.path().join("e.sqlite3")).unwrap();
+        let log = EventLog::open_for_test(&dir.path().join("e.sqlite3"));
         for first in [3, 7] {
             assert!(matches!(
                 log.append(&event("a", first, 1, DAY_ONE + ttl())).await,
@@ -779,7 +799,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.sqlite3");
         {
-            let log = EventLog::open(&path).unwrap();
+            let log = EventLog::open_for_test(&path);
             append_run(&log, "a", 1, 3).await;
             log.index_at_next_append();
             append_run(&log, "a", 7, 1).await;
@@ -788,7 +808,7 @@ mod tests {
             // Stopped without indexing the last three (as a crash would).
             log.close();
         }
-        let log = EventLog::open(&path).unwrap();
+        let log = EventLog::open_for_test(&path);
         assert_eq!(
             firsts(&log.after("a", 0, DAY_ONE).await.unwrap()),
             [1, 3, 5, 7, 9, 11, 13]
@@ -807,7 +827,7 @@ mod tests {
     #[tokio::test]
     async fn deleting_a_run_deletes_its_events_indexed_or_not() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(&dir.path().join("e.sqlite3")).unwrap();
+        let log = EventLog::open_for_test(&dir.path().join("e.sqlite3"));
         append_run(&log, "a", 1, 2).await;
         append_run(&log, "b", 1, 2).await;
         log.index_at_next_append();
@@ -825,7 +845,7 @@ mod tests {
     #[tokio::test]
     async fn expired_stream_events_are_swept_as_new_ones_are_written() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(&dir.path().join("e.sqlite3")).unwrap();
+        let log = EventLog::open_for_test(&dir.path().join("e.sqlite3"));
         for id in 1..=300 {
             log.append(&event("old", id, 1, DAY_ONE + ttl()))
                 .await
@@ -885,7 +905,7 @@ mod tests {
                 .unwrap();
             }
         }
-        let log = EventLog::open(&path).unwrap();
+        let log = EventLog::open_for_test(&path);
         assert_eq!(firsts(&log.after("a", 0, DAY_ONE).await.unwrap()), [1, 3]);
         assert_eq!(log.last_event_id("a", DAY_ONE).await.unwrap(), 3);
         assert_eq!(log.indexed().await, 3);
