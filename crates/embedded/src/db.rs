@@ -86,7 +86,9 @@ enum ReadRequest {
 }
 
 /// A handle on the file's threads. Dropping every handle, or [`Database::close`], ends the
-/// threads and closes the file.
+/// threads and closes the file. Handles are cloned to let two adapters share one file, its
+/// writer and its commits (the store and the turn queue).
+#[derive(Clone)]
 pub struct Database {
     jobs: mpsc::Sender<Request>,
     reads: mpsc::Sender<ReadRequest>,
@@ -143,12 +145,19 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
 
 impl Database {
     /// Opens (creating if needed) the file at `path`, runs `schema` and `hooks.on_open`, and
-    /// starts its threads.
+    /// starts its threads. `writer_cache_kib` is the writer's page cache: the pages its
+    /// commits touch, which the caller knows (SQLite's default is 2 MiB per connection).
     /// # Errors
     /// The file cannot be opened, locked or given the schema.
-    pub fn open(path: &Path, schema: &str, hooks: Hooks) -> Result<Database, DbError> {
+    pub fn open(
+        path: &Path,
+        schema: &str,
+        writer_cache_kib: u32,
+        hooks: Hooks,
+    ) -> Result<Database, DbError> {
         let lock = lock_file(path)?;
         let mut conn = open_connection(path)?;
+        conn.pragma_update(None, "cache_size", -i64::from(writer_cache_kib))?;
         conn.execute_batch(schema)?;
         (hooks.on_open)(&mut conn)?;
         let after_batch = hooks.after_batch;
@@ -156,10 +165,9 @@ impl Database {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let reader = open_connection(path)?;
         reader.pragma_update(None, "query_only", true)?;
-        // Page caches per connection (SQLite's default is 2 MiB each, for each of nine
-        // connections): the writer's is set by its caller (`Hooks::on_open`), for the pages
-        // every commit touches; the reader's is small, since what it misses comes from the
-        // OS's cache of the file; the checkpointer barely needs one.
+        // Page caches per connection (SQLite's default is 2 MiB each): the writer's is its
+        // caller's choice; the reader's is small, since what it misses comes from the OS's
+        // cache of the file; the checkpointer barely needs one.
         reader.pragma_update(None, "cache_size", -512)?;
         let checkpointer = open_connection(path)?;
         checkpointer.pragma_update(None, "cache_size", -128)?;
@@ -620,6 +628,7 @@ mod tests {
         Database::open(
             &dir.path().join("t.sqlite3"),
             "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+            256,
             Hooks::default(),
         )
         .expect("open")
@@ -699,6 +708,7 @@ mod tests {
         let db = Database::open(
             &dir.path().join("t.sqlite3"),
             "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+            256,
             Hooks::default(),
         )
         .expect("reopen");
@@ -859,6 +869,7 @@ mod tests {
         let second = Database::open(
             &dir.path().join("t.sqlite3"),
             "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+            256,
             Hooks::default(),
         )
         .expect("the file is free again");

@@ -261,11 +261,11 @@ impl EventLog {
         let db = Database::open(
             path,
             SCHEMA,
+            // The writer's pages are the table's last few and, once a second, one per run in
+            // the index: 1 MiB holds them.
+            1024,
             Hooks {
                 on_open: Box::new(move |c| {
-                    // The writer's pages are the table's last few and, once a second, one per
-                    // run in the index: 1 MiB (against SQLite's 2 MiB default) holds them.
-                    c.pragma_update(None, "cache_size", -1024)?;
                     let keyed_by_run: bool = c.query_row(
                         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events')",
                         [],

@@ -9,9 +9,13 @@
 //! - **Dead letters**: a message received `max_receives` times moves to the dead-letter queue
 //!   on its next receive, as SQS's redrive policy does.
 //!
-//! Messages live in SQLite, so queued and in-flight turns survive a restart. The file is served
-//! by its own thread ([`crate::db`]). A waiting receive sleeps until a message arrives, one is
-//! deleted or made visible, or the earliest in-flight message's visibility ends: it never polls.
+//! Messages live in SQLite, so queued and in-flight turns survive a restart. `chatrun serve`
+//! keeps them in the store's file ([`SqliteTurnQueue::in_store`]): one writer thread, reader and
+//! checkpointer fewer for two cores to schedule, and a queue operation shares the commit of
+//! whatever store writes arrived with it, where a file of its own paid a commit per operation.
+//! [`SqliteTurnQueue::open`] gives a queue its own file (the conformance suite, the queue's
+//! benchmark). A waiting receive sleeps until a message arrives, one is deleted or made
+//! visible, or the earliest in-flight message's visibility ends: it never polls.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -27,11 +31,12 @@ use tokio::sync::Notify;
 use crate::Cached;
 use crate::db::{Database, DbError, Hooks};
 use crate::queue_error;
+use crate::store::SqliteChatStore;
 
 /// SQS's deduplication interval.
 const DEDUPLICATION_WINDOW_MS: i64 = 5 * 60 * 1000;
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue_messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
@@ -45,12 +50,13 @@ CREATE TABLE IF NOT EXISTS queue_messages (
     receipt TEXT
 );
 -- A receive reads only what can be handed out, and asks each candidate's group whether an
--- earlier message waits or is in flight; deletes and heartbeats find a message by receipt.
+-- earlier message waits or is in flight. A receipt names its message's seq, so deletes and
+-- heartbeats find it by the primary key: an index on receipts cost every receive a write.
 -- (queue, seq) served the old full scan; nothing reads it now, and every write paid for it.
 DROP INDEX IF EXISTS queue_messages_by_queue;
+DROP INDEX IF EXISTS queue_messages_by_receipt;
 CREATE INDEX IF NOT EXISTS queue_messages_by_visibility ON queue_messages (queue, visible_at);
 CREATE INDEX IF NOT EXISTS queue_messages_by_group ON queue_messages (queue, group_id, seq);
-CREATE INDEX IF NOT EXISTS queue_messages_by_receipt ON queue_messages (receipt);
 CREATE TABLE IF NOT EXISTS queue_deduplication (
     deduplication_id TEXT PRIMARY KEY,
     expires_at INTEGER NOT NULL
@@ -75,6 +81,8 @@ fn now_millis() -> Millis {
 /// The durable turn queue and its dead-letter queue, in one SQLite file.
 pub struct SqliteTurnQueue {
     db: Database,
+    /// Whether the file is the queue's own, closed with it (not the store's).
+    owns_file: bool,
     visibility_timeout: Duration,
     max_receives: u32,
     arrived: Notify,
@@ -92,24 +100,106 @@ impl SqliteTurnQueue {
         let db = Database::open(
             path.as_ref(),
             SCHEMA,
-            Hooks {
-                // A few pages hold what is queued or in flight (a row per turn): 512 KiB
-                // against SQLite's 2 MiB default per connection.
-                on_open: Box::new(|c| c.pragma_update(None, "cache_size", -512)),
-                ..Hooks::default()
-            },
+            // A few pages hold what is queued or in flight (a row per turn).
+            512,
+            Hooks::default(),
         )?;
         Ok(SqliteTurnQueue {
             db,
+            owns_file: true,
             visibility_timeout,
             max_receives: max_receives.max(1),
             arrived: Notify::new(),
         })
     }
 
-    /// Closes the file once pending operations are done; later operations answer an error.
+    /// The queue in `store`'s file (which holds its tables): its operations run on the store's
+    /// writer and share its commits. Closing the store closes it.
+    pub fn in_store(
+        store: &SqliteChatStore,
+        visibility_timeout: Duration,
+        max_receives: u32,
+    ) -> Self {
+        SqliteTurnQueue {
+            db: store.database(),
+            owns_file: false,
+            visibility_timeout,
+            max_receives: max_receives.max(1),
+            arrived: Notify::new(),
+        }
+    }
+
+    /// Closes a file of the queue's own once pending operations are done; later operations
+    /// answer an error. A queue in the store's file closes with the store.
     pub fn close(&self) {
-        self.db.close();
+        if self.owns_file {
+            self.db.close();
+        }
+    }
+
+    /// Moves what a queue file of its own at `path` holds (queued and in-flight messages, with
+    /// their receive counts, and the deduplication window) into this queue, then removes that
+    /// file: what an earlier version, which kept the queue apart from the store, left queued
+    /// still runs. Messages keep their order and are taken once each (by message id), so a
+    /// crash between the copy and the removal copies nothing twice on the next start.
+    /// # Returns
+    /// How many messages were moved (0 when there is no such file).
+    /// # Errors
+    /// The file cannot be read, or the messages cannot be written here.
+    pub async fn adopt_file(&self, path: &Path) -> Result<usize, QueueError> {
+        if !path.exists() {
+            return Ok(0);
+        }
+        let old = path.to_owned();
+        let (messages, deduplication) = tokio::task::spawn_blocking(move || read_queue_file(&old))
+            .await
+            .map_err(|e| QueueError::Backend(format!("reading the old queue file: {e}")))?
+            .map_err(queue_error)?;
+        let moved = self
+            .db
+            .call(move |c| {
+                let held: HashSet<String> = c
+                    .prepare("SELECT message_id FROM queue_messages")
+                    .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                    .map_err(queue_error)?;
+                let mut moved = 0;
+                for m in messages.iter().filter(|m| !held.contains(&m.message_id)) {
+                    moved += 1;
+                    c.execute(
+                        "INSERT INTO queue_messages (queue, message_id, group_id, deduplication_id, body, sent_at, visible_at, receive_count, receipt)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        params![m.queue, m.message_id, m.group_id, m.deduplication_id, m.body, m.sent_at, m.visible_at, m.receive_count, m.receipt],
+                    )
+                    .map_err(queue_error)?;
+                }
+                for (deduplication_id, expires_at) in &deduplication {
+                    c.execute(
+                        "INSERT INTO queue_deduplication (deduplication_id, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                        params![deduplication_id, expires_at],
+                    )
+                    .map_err(queue_error)?;
+                }
+                Ok::<_, QueueError>(moved)
+            })
+            .await?;
+        for suffix in ["", "-wal", "-shm", ".lock"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(QueueError::Backend(format!(
+                        "removing the old queue file {}: {e}",
+                        std::path::Path::new(&file).display()
+                    )));
+                }
+            }
+        }
+        if moved > 0 {
+            self.arrived.notify_waiters();
+        }
+        Ok(moved)
     }
 
     /// Enqueues a raw body (what `enqueue` does with a job's JSON; tests use it for bad records).
@@ -222,7 +312,7 @@ impl SqliteTurnQueue {
                 .map_err(queue_error)?;
                 continue;
             }
-            let receipt = uuid::Uuid::new_v4().to_string();
+            let receipt = format!("{seq}.{}", uuid::Uuid::new_v4());
             // Read, then update: `UPDATE ... RETURNING` would buffer its row in a temporary
             // table, opened and freed for every message handed out.
             let (message_id, deduplication_id, body, sent_at) = tx
@@ -268,6 +358,56 @@ impl SqliteTurnQueue {
             })
             .await
     }
+}
+
+/// The message a receipt handle names (`<seq>.<uuid>`; the uuid makes it one receive's).
+fn receipt_seq(receipt_handle: &str) -> Option<i64> {
+    receipt_handle.split_once('.')?.0.parse().ok()
+}
+
+/// A message as [`SqliteTurnQueue::adopt_file`] moves it.
+struct StoredMessage {
+    queue: String,
+    message_id: String,
+    group_id: String,
+    deduplication_id: String,
+    body: String,
+    sent_at: i64,
+    visible_at: i64,
+    receive_count: i64,
+    receipt: Option<String>,
+}
+
+/// Everything a queue file holds: its messages in order, and its deduplication window.
+type QueueFile = (Vec<StoredMessage>, Vec<(String, i64)>);
+
+fn read_queue_file(path: &Path) -> rusqlite::Result<QueueFile> {
+    let c = rusqlite::Connection::open(path)?;
+    c.execute_batch(SCHEMA)?;
+    let messages = c
+        .prepare(
+            "SELECT queue, message_id, group_id, deduplication_id, body, sent_at, visible_at, receive_count, receipt
+             FROM queue_messages ORDER BY seq",
+        )?
+        .query_map([], |r| {
+            Ok(StoredMessage {
+                queue: r.get(0)?,
+                message_id: r.get(1)?,
+                group_id: r.get(2)?,
+                deduplication_id: r.get(3)?,
+                body: r.get(4)?,
+                sent_at: r.get(5)?,
+                visible_at: r.get(6)?,
+                receive_count: r.get(7)?,
+                receipt: r.get(8)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let deduplication = c
+        .prepare("SELECT deduplication_id, expires_at FROM queue_deduplication")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok((messages, deduplication))
 }
 
 impl From<DbError> for QueueError {
@@ -319,12 +459,16 @@ impl TurnQueueConsumer for SqliteTurnQueue {
     }
 
     async fn delete(&self, queue: QueueName, receipt_handle: &str) -> Result<(), QueueError> {
+        // A receipt that names no message deletes nothing, as an outdated one does.
+        let Some(seq) = receipt_seq(receipt_handle) else {
+            return Ok(());
+        };
         let receipt_handle = receipt_handle.to_owned();
         self.db
             .call(move |c| {
                 c.execute_cached(
-                    "DELETE FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
-                    params![queue_key(queue), receipt_handle],
+                    "DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
+                    params![seq, queue_key(queue), receipt_handle],
                 )
                 .map_err(queue_error)
             })
@@ -350,6 +494,9 @@ impl JobVisibility for SqliteTurnQueue {
         receipt_handle: &str,
         timeout: Duration,
     ) -> Result<(), QueueError> {
+        let Some(seq) = receipt_seq(receipt_handle) else {
+            return Err(QueueError::Backend("outdated receipt handle".into()));
+        };
         let receipt_handle = receipt_handle.to_owned();
         let visible_at = now_millis() + timeout.as_millis() as i64;
         let previous: Option<Millis> = self
@@ -357,16 +504,16 @@ impl JobVisibility for SqliteTurnQueue {
             .call(move |c| {
                 let previous = c
                     .query_row_cached(
-                        "SELECT visible_at FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
-                        params![queue_key(queue), receipt_handle],
+                        "SELECT visible_at FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
+                        params![seq, queue_key(queue), receipt_handle],
                         |r| r.get(0),
                     )
                     .optional()
                     .map_err(queue_error)?;
                 if previous.is_some() {
                     c.execute_cached(
-                        "UPDATE queue_messages SET visible_at = ?3 WHERE queue = ?1 AND receipt = ?2",
-                        params![queue_key(queue), receipt_handle, visible_at],
+                        "UPDATE queue_messages SET visible_at = ?2 WHERE seq = ?1",
+                        params![seq, visible_at],
                     )
                     .map_err(queue_error)?;
                 }
@@ -386,5 +533,63 @@ impl JobVisibility for SqliteTurnQueue {
 
     async fn acknowledge(&self, queue: QueueName, receipt_handle: &str) -> Result<(), QueueError> {
         TurnQueueConsumer::delete(self, queue, receipt_handle).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_receipt_acts_only_on_the_receive_that_gave_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteTurnQueue::open(dir.path().join("q.sqlite3"), Duration::ZERO, 5).unwrap();
+        queue.send_raw("g", "d", "{}").await.unwrap();
+        let take = || queue.receive(QueueName::Turns, 1, Duration::from_secs(1));
+        let first = take().await.unwrap().remove(0);
+        // Visible again at once (a zero timeout): the second receive gets a new receipt.
+        let second = take().await.unwrap().remove(0);
+        assert_eq!(second.receive_count, 2);
+        assert_ne!(first.receipt_handle, second.receipt_handle);
+
+        queue
+            .delete(QueueName::Turns, &first.receipt_handle)
+            .await
+            .unwrap();
+        queue
+            .delete(QueueName::Turns, "not-a-receipt")
+            .await
+            .unwrap();
+        queue
+            .delete(QueueName::DeadLetters, &second.receipt_handle)
+            .await
+            .unwrap();
+        assert_eq!(
+            queue.depth(QueueName::Turns).await.unwrap(),
+            1,
+            "only its own receipt deletes it"
+        );
+        for stale in [first.receipt_handle.as_str(), "not-a-receipt", "12.x"] {
+            assert!(
+                queue
+                    .set_visibility(QueueName::Turns, stale, Duration::from_secs(60))
+                    .await
+                    .is_err(),
+                "{stale} is refused"
+            );
+        }
+        queue
+            .set_visibility(
+                QueueName::Turns,
+                &second.receipt_handle,
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        queue
+            .delete(QueueName::Turns, &second.receipt_handle)
+            .await
+            .unwrap();
+        assert_eq!(queue.depth(QueueName::Turns).await.unwrap(), 0);
     }
 }

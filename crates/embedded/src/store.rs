@@ -225,9 +225,14 @@ impl SqliteChatStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let mirror: Mirror = Arc::default();
         let forget_all = mirror.clone();
+        // The turn queue's tables live in this file too ([`SqliteTurnQueue::in_store`]).
+        let schema = [SCHEMA, crate::queue::SCHEMA].concat();
         let db = Database::open(
             path.as_ref(),
-            SCHEMA,
+            &schema,
+            // The pages every commit touches (the chats', sessions', limits' and queue's rows,
+            // the messages' last pages) fit in 1 MiB.
+            1024,
             Hooks {
                 after_batch: Box::new(move |_, committed| {
                     if committed == Committed::No
@@ -236,13 +241,16 @@ impl SqliteChatStore {
                         chats.clear();
                     }
                 }),
-                // The pages every commit touches (the chats', sessions' and limits' rows, the
-                // messages' last pages) fit in 1 MiB, against SQLite's 2 MiB default.
-                on_open: Box::new(|c| c.pragma_update(None, "cache_size", -1024)),
+                ..Hooks::default()
             },
         )?;
         let events = EventLog::open(&path.as_ref().with_extension("events.sqlite3"))?;
         Ok(SqliteChatStore { db, events, mirror })
+    }
+
+    /// The handle on the store's file, for the turn queue that shares it.
+    pub(crate) fn database(&self) -> Database {
+        self.db.clone()
     }
 
     /// Closes the files once pending operations are done (a stopping server releases them for

@@ -69,14 +69,23 @@ pub async fn open(
                 SqliteChatStore::open(options.data_dir.join("chatrun.sqlite3"))
                     .context("opening the SQLite store")?,
             );
-            let queue = Arc::new(
-                SqliteTurnQueue::open(
-                    options.data_dir.join("queue.sqlite3"),
-                    options.visibility_timeout,
-                    settings.max_receives,
-                )
-                .context("opening the SQLite turn queue")?,
-            );
+            // The queue shares the store's file, writer and commits.
+            let queue = Arc::new(SqliteTurnQueue::in_store(
+                &store,
+                options.visibility_timeout,
+                settings.max_receives,
+            ));
+            // Versions before 2026-12 kept the queue in a file of its own.
+            let moved = queue
+                .adopt_file(&options.data_dir.join("queue.sqlite3"))
+                .await
+                .context("moving the turns of the old queue file into the store's file")?;
+            if moved > 0 {
+                tracing::info!(
+                    moved,
+                    "moved the queued turns of queue.sqlite3 into chatrun.sqlite3"
+                );
+            }
             Ok(Backend {
                 services: services(settings, models, store.clone(), queue.clone(), sockets),
                 consumer: queue.clone(),
