@@ -243,6 +243,35 @@ impl Database {
         self.submit(move |conn| caught(|| operation(conn))).await
     }
 
+    /// Queues `operation` for the writer's next batch, atomically as [`Database::call`], and
+    /// returns at once (a write behind): for a caller that decided in memory what the file must
+    /// hold. The writer runs operations in the order they were queued, so a write the caller
+    /// queues (and awaits) after this one commits with it or after it. A failure is logged:
+    /// `what` names the write.
+    pub fn call_behind(
+        &self,
+        what: &'static str,
+        operation: impl FnOnce(&mut rusqlite::Connection) -> Result<(), DbError> + Send + 'static,
+    ) {
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, operation);
+            Box::new(move |commit_error: Option<&str>| {
+                if let Some(error) = commit_error {
+                    tracing::warn!(what, error, "a write behind was not committed");
+                } else if let Err(error) = result {
+                    tracing::warn!(what, %error, "a write behind failed");
+                }
+            })
+        });
+        if self
+            .jobs
+            .send(Request::Run(job, std::time::Instant::now()))
+            .is_err()
+        {
+            tracing::warn!(what, "a write behind came after the file was closed");
+        }
+    }
+
     /// Queues `run` for the writer's next batch and answers with its result once the batch is
     /// committed (or with the commit's error).
     async fn submit<T, E>(

@@ -9,6 +9,7 @@
 //! - [`store`]: `SqliteChatStore`, the `ChatStore` on one SQLite file (WAL), surviving restarts,
 //!   with the stream events in a second file (`events`, written in arrival order and indexed by
 //!   run a second at a time).
+//! - `usage`: the limits' counters on the store, decided in memory and written behind.
 //! - [`queue`]: `SqliteTurnQueue`, a durable queue with the SQS FIFO semantics run-turn relies
 //!   on: message groups, deduplication ids, visibility timeout, receive counts, dead letters.
 //! - [`connections`]: `InProcessConnections`, the registry of the gateway's open WebSockets,
@@ -19,6 +20,7 @@ pub mod db;
 mod events;
 pub mod queue;
 pub mod store;
+mod usage;
 
 pub use connections::{ConnectionInfo, InProcessConnections, Outbound};
 pub use queue::SqliteTurnQueue;

@@ -22,18 +22,16 @@ use chatrun_core::domain::{
 use chatrun_core::error::StoreError;
 use chatrun_core::history::{MessagePage, PageLimits, PageReader};
 use chatrun_core::message::UIMessage;
-use chatrun_core::ports::{
-    Admission, ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION, SlotAndCount, SlotClaim, TurnSignals,
-    UsageCounters, WindowCount,
-};
+use chatrun_core::ports::{ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION, TurnSignals};
 use rusqlite::{OptionalExtension, params};
 
 use crate::Cached;
 use crate::db::{Committed, Database, DbError, Hooks};
 use crate::events::EventLog;
 use crate::store_error;
+use crate::usage::Usage;
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS chats (
     id TEXT PRIMARY KEY,
     owner_id TEXT NOT NULL,
@@ -165,6 +163,8 @@ pub struct SqliteChatStore {
     /// behind a batch of other chats' frames.
     events: EventLog,
     mirror: Mirror,
+    /// The limits' counters, decided in memory and written behind ([`crate::usage`]).
+    usage: Usage,
 }
 
 impl From<DbError> for StoreError {
@@ -225,6 +225,8 @@ impl SqliteChatStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let mirror: Mirror = Arc::default();
         let forget_all = mirror.clone();
+        let usage = Usage::default();
+        let (load_usage, reload_usage) = (usage.clone(), usage.clone());
         // The turn queue's tables live in this file too ([`SqliteTurnQueue::in_store`]).
         let schema = [SCHEMA, crate::queue::SCHEMA].concat();
         let db = Database::open(
@@ -234,23 +236,41 @@ impl SqliteChatStore {
             // the messages' last pages) fit in 1 MiB.
             1024,
             Hooks {
-                after_batch: Box::new(move |_, committed| {
-                    if committed == Committed::No
-                        && let Ok(mut chats) = forget_all.lock()
-                    {
+                on_open: Box::new(move |c| load_usage.reload(c)),
+                after_batch: Box::new(move |c, committed| {
+                    if committed == Committed::Yes {
+                        return;
+                    }
+                    if let Ok(mut chats) = forget_all.lock() {
                         chats.clear();
                     }
+                    if let Err(error) = reload_usage.reload(c) {
+                        tracing::error!(%error, "could not reload the usage counters after a failed commit");
+                    }
                 }),
-                ..Hooks::default()
             },
         )?;
         let events = EventLog::open(&path.as_ref().with_extension("events.sqlite3"))?;
-        Ok(SqliteChatStore { db, events, mirror })
+        Ok(SqliteChatStore {
+            db,
+            events,
+            mirror,
+            usage,
+        })
     }
 
     /// The handle on the store's file, for the turn queue that shares it.
     pub(crate) fn database(&self) -> Database {
         self.db.clone()
+    }
+
+    /// The store's file, for the usage counters' writes behind.
+    pub(crate) fn database_ref(&self) -> &Database {
+        &self.db
+    }
+
+    pub(crate) fn usage(&self) -> &Usage {
+        &self.usage
     }
 
     /// Closes the files once pending operations are done (a stopping server releases them for
@@ -848,161 +868,6 @@ impl ChatStore for SqliteChatStore {
         self.signals(chat_id, move |signals| signals.answer(now))
             .await
     }
-}
-
-/// Each operation runs whole on the database thread, the file's only writer, so a read and the
-/// write it decides are atomic without any condition. Ended windows and expired slots are
-/// deleted as they are met, so the tables hold only what is live (plus one row per key).
-#[async_trait]
-impl UsageCounters for SqliteChatStore {
-    async fn count_in_window(
-        &self,
-        key: &str,
-        limit: u32,
-        window: std::time::Duration,
-        now: Millis,
-    ) -> Result<Admission, StoreError> {
-        let key = key.to_owned();
-        self.with(move |c| count_in_window(c, &key, limit, window, now))
-            .await
-    }
-
-    async fn claim_slot(
-        &self,
-        key: &str,
-        slot_id: &str,
-        limit: u32,
-        now: Millis,
-        expires_at: Millis,
-    ) -> Result<Admission, StoreError> {
-        let (key, slot_id) = (key.to_owned(), slot_id.to_owned());
-        self.with(move |c| claim_slot(c, &key, &slot_id, limit, now, expires_at))
-            .await
-    }
-
-    async fn release_slot(&self, key: &str, slot_id: &str) -> Result<(), StoreError> {
-        let (key, slot_id) = (key.to_owned(), slot_id.to_owned());
-        self.with(move |c| release_slot(c, &key, &slot_id)).await
-    }
-
-    /// Both in one operation: one round trip to the writer on the way to the first token.
-    async fn claim_slot_and_count(
-        &self,
-        slot: SlotClaim<'_>,
-        window: WindowCount<'_>,
-        now: Millis,
-    ) -> Result<SlotAndCount, StoreError> {
-        let (slot_key, slot_id, slot_limit, expires_at) = (
-            slot.key.to_owned(),
-            slot.slot_id.to_owned(),
-            slot.limit,
-            slot.expires_at,
-        );
-        let (window_key, window_limit, window) =
-            (window.key.to_owned(), window.limit, window.window);
-        self.with(move |c| {
-            if let Admission::Refused { retry_after_ms } =
-                claim_slot(c, &slot_key, &slot_id, slot_limit, now, expires_at)?
-            {
-                return Ok(SlotAndCount::SlotRefused { retry_after_ms });
-            }
-            match count_in_window(c, &window_key, window_limit, window, now)? {
-                Admission::Admitted => Ok(SlotAndCount::Admitted),
-                Admission::Refused { retry_after_ms } => {
-                    release_slot(c, &slot_key, &slot_id)?;
-                    Ok(SlotAndCount::WindowRefused { retry_after_ms })
-                }
-            }
-        })
-        .await
-    }
-}
-
-fn count_in_window(
-    c: &rusqlite::Connection,
-    key: &str,
-    limit: u32,
-    window: std::time::Duration,
-    now: Millis,
-) -> Result<Admission, StoreError> {
-    c.execute_cached(
-        "DELETE FROM usage_windows WHERE window_end <= ?1",
-        params![now],
-    )
-    .map_err(store_error)?;
-    let current: Option<(i64, i64)> = c
-        .query_row_cached(
-            "SELECT window_end, hits FROM usage_windows WHERE key = ?1",
-            params![key],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()
-        .map_err(store_error)?;
-    match current {
-        Some((window_end, hits)) if hits >= i64::from(limit) => Ok(Admission::Refused {
-            retry_after_ms: (window_end - now) as u64,
-        }),
-        Some(_) => {
-            c.execute_cached(
-                "UPDATE usage_windows SET hits = hits + 1 WHERE key = ?1",
-                params![key],
-            )
-            .map_err(store_error)?;
-            Ok(Admission::Admitted)
-        }
-        None => {
-            c.execute_cached(
-                "INSERT INTO usage_windows (key, window_start, window_end, hits) VALUES (?1, ?2, ?3, 1)",
-                params![key, now, now + window.as_millis() as i64],
-            )
-            .map_err(store_error)?;
-            Ok(Admission::Admitted)
-        }
-    }
-}
-
-fn claim_slot(
-    c: &rusqlite::Connection,
-    key: &str,
-    slot_id: &str,
-    limit: u32,
-    now: Millis,
-    expires_at: Millis,
-) -> Result<Admission, StoreError> {
-    c.execute_cached(
-        "DELETE FROM usage_slots WHERE expires_at <= ?1",
-        params![now],
-    )
-    .map_err(store_error)?;
-    let (held, oldest, holds_this): (i64, Option<i64>, bool) = c
-        .query_row_cached(
-            "SELECT COUNT(*), MIN(expires_at), COALESCE(SUM(slot_id = ?2), 0) > 0
-             FROM usage_slots WHERE key = ?1",
-            params![key, slot_id],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
-        .map_err(store_error)?;
-    if !holds_this && held >= i64::from(limit) {
-        return Ok(Admission::Refused {
-            retry_after_ms: (oldest.unwrap_or(now) - now).max(0) as u64,
-        });
-    }
-    c.execute_cached(
-        "INSERT INTO usage_slots (key, slot_id, expires_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (key, slot_id) DO UPDATE SET expires_at = excluded.expires_at",
-        params![key, slot_id, expires_at],
-    )
-    .map_err(store_error)?;
-    Ok(Admission::Admitted)
-}
-
-fn release_slot(c: &rusqlite::Connection, key: &str, slot_id: &str) -> Result<(), StoreError> {
-    c.execute_cached(
-        "DELETE FROM usage_slots WHERE key = ?1 AND slot_id = ?2",
-        params![key, slot_id],
-    )
-    .map_err(store_error)?;
-    Ok(())
 }
 
 /// The chats a connection is subscribed to.
