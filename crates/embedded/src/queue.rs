@@ -71,6 +71,13 @@ fn queue_key(queue: QueueName) -> &'static str {
     }
 }
 
+fn queue_index(queue: QueueName) -> usize {
+    match queue {
+        QueueName::Turns => 0,
+        QueueName::DeadLetters => 1,
+    }
+}
+
 fn now_millis() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -85,7 +92,14 @@ pub struct SqliteTurnQueue {
     owns_file: bool,
     visibility_timeout: Duration,
     max_receives: u32,
-    arrived: Notify,
+    /// Per queue (turns, dead letters): rung once for each change a waiting receive may act
+    /// on, a message sent, deleted, made visible sooner or moved to the dead letters. One
+    /// waiter wakes per change (`notify_one`, a permit kept when none waits): waking every
+    /// poller of both queues for every change made each send and delete cost the writer a
+    /// receive per poller, nearly all of them finding nothing.
+    changed: [Notify; 2],
+    /// How many times a receive looked at the queue (for the tests).
+    looks: std::sync::atomic::AtomicU64,
 }
 
 impl SqliteTurnQueue {
@@ -109,7 +123,8 @@ impl SqliteTurnQueue {
             owns_file: true,
             visibility_timeout,
             max_receives: max_receives.max(1),
-            arrived: Notify::new(),
+            changed: [Notify::new(), Notify::new()],
+            looks: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -125,8 +140,14 @@ impl SqliteTurnQueue {
             owns_file: false,
             visibility_timeout,
             max_receives: max_receives.max(1),
-            arrived: Notify::new(),
+            changed: [Notify::new(), Notify::new()],
+            looks: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Wakes one receive waiting on `queue` (or the next one to wait).
+    fn wake(&self, queue: QueueName) {
+        self.changed[queue_index(queue)].notify_one();
     }
 
     /// Closes a file of the queue's own once pending operations are done; later operations
@@ -197,7 +218,9 @@ impl SqliteTurnQueue {
             }
         }
         if moved > 0 {
-            self.arrived.notify_waiters();
+            for queue in [QueueName::Turns, QueueName::DeadLetters] {
+                self.changed[queue_index(queue)].notify_one();
+            }
         }
         Ok(moved)
     }
@@ -240,23 +263,22 @@ impl SqliteTurnQueue {
             })
             .await?;
         if fresh {
-            self.arrived.notify_waiters();
+            self.wake(QueueName::Turns);
         }
         Ok(())
     }
 
     /// Hands out up to `max` visible messages, and says when the earliest message in flight
-    /// becomes visible again (what a waiting receive sleeps until).
+    /// becomes visible again (what a waiting receive sleeps until) and whether it moved any to
+    /// the dead letters.
     ///
     /// Cost follows what can be handed out, not what is in flight: with a thousand chats
     /// streaming, a thousand messages are in flight and every finished turn triggers a receive,
     /// so each receive reads only visible rows (index on `visible_at`) and asks the group index
     /// whether an earlier message of the group is still queued or in flight.
-    async fn try_receive(
-        &self,
-        queue: QueueName,
-        max: usize,
-    ) -> Result<(Vec<ReceivedTurn>, Option<Millis>), QueueError> {
+    async fn try_receive(&self, queue: QueueName, max: usize) -> Result<Received, QueueError> {
+        self.looks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let visibility_timeout = self.visibility_timeout.as_millis() as i64;
         let max_receives = self.max_receives;
         self.db.call(move |tx| {
@@ -280,6 +302,7 @@ impl SqliteTurnQueue {
             })
             .map_err(queue_error)?;
         let mut batch = Vec::new();
+        let mut dead_lettered = false;
         // Groups this batch took a message of: their next messages may follow in order.
         let mut taken: HashSet<String> = HashSet::new();
         // Groups with an earlier message queued or in flight: nothing of theirs goes out.
@@ -310,6 +333,7 @@ impl SqliteTurnQueue {
                     params![seq, queue_key(QueueName::DeadLetters)],
                 )
                 .map_err(queue_error)?;
+                dead_lettered = true;
                 continue;
             }
             let receipt = format!("{seq}.{}", uuid::Uuid::new_v4());
@@ -338,7 +362,7 @@ impl SqliteTurnQueue {
                 sent_at,
             });
         }
-        Ok((batch, next_visible))
+        Ok(Received { batch, next_visible, dead_lettered })
         })
         .await
     }
@@ -358,6 +382,15 @@ impl SqliteTurnQueue {
             })
             .await
     }
+}
+
+/// What one look at a queue found ([`SqliteTurnQueue::try_receive`]).
+struct Received {
+    batch: Vec<ReceivedTurn>,
+    /// When the earliest message in flight becomes visible again.
+    next_visible: Option<Millis>,
+    /// Whether a message was moved to the dead letters on the way.
+    dead_lettered: bool,
 }
 
 /// The message a receipt handle names (`<seq>.<uuid>`; the uuid makes it one receive's).
@@ -441,8 +474,15 @@ impl TurnQueueConsumer for SqliteTurnQueue {
         loop {
             // Register interest before looking, so a change between the look and the wait
             // still wakes us.
-            let changed = self.arrived.notified();
-            let (batch, next_visible) = self.try_receive(queue, max.max(1)).await?;
+            let changed = self.changed[queue_index(queue)].notified();
+            let Received {
+                batch,
+                next_visible,
+                dead_lettered,
+            } = self.try_receive(queue, max.max(1)).await?;
+            if dead_lettered {
+                self.wake(QueueName::DeadLetters);
+            }
             if !batch.is_empty() {
                 return Ok(batch);
             }
@@ -474,7 +514,7 @@ impl TurnQueueConsumer for SqliteTurnQueue {
             })
             .await?;
         // The next message of its group may now be handed out.
-        self.arrived.notify_waiters();
+        self.wake(queue);
         Ok(())
     }
 
@@ -526,7 +566,7 @@ impl JobVisibility for SqliteTurnQueue {
         // A heartbeat pushes visibility later, which no waiting receive cares about; only a
         // message made visible sooner (a retry's backoff) must wake them to look again.
         if visible_at < previous {
-            self.arrived.notify_waiters();
+            self.wake(queue);
         }
         Ok(())
     }
@@ -591,5 +631,42 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(queue.depth(QueueName::Turns).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_message_wakes_one_waiting_receive_not_every_poller() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = std::sync::Arc::new(
+            SqliteTurnQueue::open(dir.path().join("q.sqlite3"), Duration::from_secs(60), 5)
+                .unwrap(),
+        );
+        let looks = || queue.looks.load(std::sync::atomic::Ordering::Relaxed);
+        let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+        let waiting: Vec<_> = [QueueName::Turns; 5]
+            .into_iter()
+            .chain([QueueName::DeadLetters; 2])
+            .map(|name| {
+                let (queue, done) = (queue.clone(), done.clone());
+                tokio::spawn(async move {
+                    let _ = done.send(queue.receive(name, 10, Duration::from_secs(5)).await);
+                })
+            })
+            .collect();
+        while looks() < 7 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        queue.send_raw("g", "d", "{}").await.unwrap();
+        let received = finished.recv().await.unwrap().unwrap();
+        assert_eq!(received.len(), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            looks(),
+            8,
+            "one receive looked again, the six others slept on"
+        );
+        assert!(finished.try_recv().is_err(), "the others still wait");
+        for waiter in waiting {
+            waiter.abort();
+        }
     }
 }
