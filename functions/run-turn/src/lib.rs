@@ -19,7 +19,7 @@
 pub mod wiring;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -50,7 +50,7 @@ enum RecordResult {
 
 /// Handles a batch, reporting the records to retry.
 pub async fn handle(deps: &RunTurnDeps, event: SqsEvent) -> SqsBatchResponse {
-    let lease = BatchLease::hold(deps, &event.records).await;
+    let lease = BatchLease::hold(deps, &event.records);
     let groups = group_records(event.records);
     let failed: Vec<Vec<String>> =
         futures::future::join_all(groups.iter().map(|group| handle_group(deps, &lease, group)))
@@ -181,33 +181,38 @@ async fn handle_record(
 
 /// Holds a batch's records invisible for the length of the invocation, renewing their
 /// visibility every third of the lease.
+///
+/// The turns do not wait for the first setting: the records were received invisible for the
+/// queue's own timeout, longer than the lease, so they are held already, and setting the lease
+/// (on AWS, an SQS request per record) would sit on the way to every first token. A record's
+/// visibility is changed by one caller at a time: a renewal holds the lock on `held` for its
+/// requests, and a backoff or a deletion first takes the record out of `held` under that lock,
+/// so a renewal can never land after a backoff and undo it.
 struct BatchLease {
     visibility: Arc<dyn JobVisibility>,
     /// The records still held: (queue, receipt handle).
-    held: Arc<Mutex<HashSet<(QueueName, String)>>>,
+    held: Arc<tokio::sync::Mutex<HashSet<(QueueName, String)>>>,
     renewer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl BatchLease {
-    /// Sets every record's visibility to the lease and starts renewing it.
-    async fn hold(deps: &RunTurnDeps, records: &[SqsMessage]) -> BatchLease {
+    /// Starts setting every record's visibility to the lease, and renewing it.
+    fn hold(deps: &RunTurnDeps, records: &[SqsMessage]) -> BatchLease {
         let lease = deps.services.settings.turn_lease;
         let held: HashSet<(QueueName, String)> = records
             .iter()
             .filter_map(|r| Some((queue_of(deps, r), r.receipt_handle.clone()?)))
             .collect();
         let visibility = deps.visibility.clone();
-        renew(visibility.as_ref(), &held, lease).await;
-        let held = Arc::new(Mutex::new(held));
+        let held = Arc::new(tokio::sync::Mutex::new(held));
         let renewer = {
             let visibility = visibility.clone();
             let held = held.clone();
             tokio::spawn(async move {
                 let period = (lease / 3).max(Duration::from_millis(100));
                 loop {
+                    renew(visibility.as_ref(), &*held.lock().await, lease).await;
                     tokio::time::sleep(period).await;
-                    let current = held.lock().map(|h| h.clone()).unwrap_or_default();
-                    renew(visibility.as_ref(), &current, lease).await;
                 }
             })
         };
@@ -218,21 +223,20 @@ impl BatchLease {
         }
     }
 
-    /// Stops holding a record.
-    fn let_go(&self, record: &SqsMessage) -> Option<(QueueName, String)> {
+    /// Stops holding a record: no renewal touches it after this.
+    async fn let_go(&self, record: &SqsMessage) -> Option<(QueueName, String)> {
         let receipt = record.receipt_handle.clone()?;
-        self.held.lock().ok().and_then(|mut held| {
-            let key = held.iter().find(|(_, r)| *r == receipt).cloned();
-            if let Some(key) = &key {
-                held.remove(key);
-            }
-            key
-        })
+        let mut held = self.held.lock().await;
+        let key = held.iter().find(|(_, r)| *r == receipt).cloned();
+        if let Some(key) = &key {
+            held.remove(key);
+        }
+        key
     }
 
     /// Deletes a finished record now (the invocation's response reports it as a success too).
     async fn acknowledge(&self, record: &SqsMessage) {
-        if let Some((queue, receipt)) = self.let_go(record)
+        if let Some((queue, receipt)) = self.let_go(record).await
             && let Err(error) = self.visibility.acknowledge(queue, &receipt).await
         {
             tracing::warn!(%error, "could not delete a finished job; it is deleted with its batch");
@@ -241,7 +245,7 @@ impl BatchLease {
 
     /// Stops holding a record and makes it visible again after `wait`.
     async fn back_off(&self, record: &SqsMessage, wait: Duration) {
-        if let Some((queue, receipt)) = self.let_go(record)
+        if let Some((queue, receipt)) = self.let_go(record).await
             && let Err(error) = self.visibility.set_visibility(queue, &receipt, wait).await
         {
             tracing::warn!(%error, "could not set a failed job's backoff; it comes back after its lease");

@@ -397,6 +397,36 @@ async fn a_batch_of_ten_chats_streams_them_all_at_once() {
 }
 
 #[tokio::test]
+async fn the_first_token_does_not_wait_for_the_lease() {
+    let slow = Arc::new(SlowModel {
+        per_token: Duration::from_millis(20),
+        tokens: 5,
+        first_token_at: Mutex::new(Vec::new()),
+    });
+    let h = harness_with(settings(), Some(slow.clone())).await;
+    *h.visibility.latency.lock().unwrap() = Duration::from_millis(500);
+    let job = send(&h, "chat-lease", "u1").await;
+    let started = Instant::now();
+    let response = handle(&h.deps, batch(vec![job_record("m1", &job)])).await;
+    assert!(response.batch_item_failures.is_empty());
+    let first_token = slow.first_token_at.lock().unwrap()[0].duration_since(started);
+    assert!(
+        first_token < Duration::from_millis(300),
+        "the turn started while the lease was being set: {first_token:?}"
+    );
+    let changes = h.visibility.changes.lock().unwrap().clone();
+    assert_eq!(
+        changes.first().map(|c| c.2),
+        Some(Duration::from_secs(45)),
+        "the lease was still set: {changes:?}"
+    );
+    assert_eq!(
+        *h.visibility.acknowledged.lock().unwrap(),
+        [(QueueName::Turns, "receipt-m1".to_string())],
+    );
+}
+
+#[tokio::test]
 async fn a_long_turn_holds_its_job_with_a_heartbeat() {
     let mut settings = settings();
     settings.turn_lease = Duration::from_millis(300);
@@ -436,12 +466,10 @@ async fn a_passing_model_failure_comes_back_after_a_growing_backoff() {
         .insert("ApproximateReceiveCount".into(), "2".into());
     let response = handle(&h.deps, batch(vec![second])).await;
     assert_eq!(failed_ids(&response), ["m1"]);
+    // The turn did not wait for the lease (the record was received invisible for longer), and
+    // no renewal lands after the backoff to undo it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let changes = h.visibility.changes.lock().unwrap().clone();
-    assert_eq!(
-        changes.first().map(|c| c.2),
-        Some(Duration::from_secs(45)),
-        "held with the lease first: {changes:?}"
-    );
     assert_eq!(
         changes.last(),
         Some(&(

@@ -406,6 +406,8 @@ pub struct RecordingVisibility {
     pub changes: Mutex<Vec<(crate::ports::QueueName, String, std::time::Duration)>>,
     /// Jobs deleted as their turn finished: (queue, receipt handle).
     pub acknowledged: Mutex<Vec<(crate::ports::QueueName, String)>>,
+    /// How long each visibility change takes (SQS is a network round trip away).
+    pub latency: Mutex<std::time::Duration>,
 }
 
 #[async_trait]
@@ -416,6 +418,8 @@ impl crate::ports::JobVisibility for RecordingVisibility {
         receipt_handle: &str,
         timeout: std::time::Duration,
     ) -> Result<(), QueueError> {
+        let latency = *self.latency.lock().expect("visibility lock");
+        tokio::time::sleep(latency).await;
         self.changes.lock().expect("visibility lock").push((
             queue,
             receipt_handle.to_owned(),
