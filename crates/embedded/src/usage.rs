@@ -25,7 +25,7 @@ use chatrun_core::ports::{Admission, SlotAndCount, SlotClaim, UsageCounters, Win
 use rusqlite::params;
 
 use crate::Cached;
-use crate::db::{Database, DbError};
+use crate::db::DbError;
 use crate::store::SqliteChatStore;
 
 /// How often expired windows and slots of keys nobody touched leave memory.
@@ -183,38 +183,43 @@ impl Usage {
 }
 
 /// Writes `key`'s window as decided.
-fn write_window(db: &Database, key: &str, window: Window, now: Millis) {
-    let key = key.to_owned();
-    db.call_behind("a usage window", move |c| {
-        c.execute_cached(
-            "DELETE FROM usage_windows WHERE window_end <= ?1",
-            params![now],
-        )?;
-        c.execute_cached(
-            "INSERT INTO usage_windows (key, window_start, window_end, hits) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (key) DO UPDATE SET window_start = excluded.window_start,
-                 window_end = excluded.window_end, hits = excluded.hits",
-            params![key, window.start, window.end, window.hits],
-        )?;
-        Ok(())
-    });
+fn write_window(
+    c: &rusqlite::Connection,
+    key: &str,
+    window: Window,
+    now: Millis,
+) -> Result<(), DbError> {
+    c.execute_cached(
+        "DELETE FROM usage_windows WHERE window_end <= ?1",
+        params![now],
+    )?;
+    c.execute_cached(
+        "INSERT INTO usage_windows (key, window_start, window_end, hits) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (key) DO UPDATE SET window_start = excluded.window_start,
+             window_end = excluded.window_end, hits = excluded.hits",
+        params![key, window.start, window.end, window.hits],
+    )?;
+    Ok(())
 }
 
 /// Writes `slot_id`'s slot of `key` as held until `expires_at`.
-fn write_slot(db: &Database, key: &str, slot_id: &str, now: Millis, expires_at: Millis) {
-    let (key, slot_id) = (key.to_owned(), slot_id.to_owned());
-    db.call_behind("a turn slot", move |c| {
-        c.execute_cached(
-            "DELETE FROM usage_slots WHERE expires_at <= ?1",
-            params![now],
-        )?;
-        c.execute_cached(
-            "INSERT INTO usage_slots (key, slot_id, expires_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (key, slot_id) DO UPDATE SET expires_at = excluded.expires_at",
-            params![key, slot_id, expires_at],
-        )?;
-        Ok(())
-    });
+fn write_slot(
+    c: &rusqlite::Connection,
+    key: &str,
+    slot_id: &str,
+    now: Millis,
+    expires_at: Millis,
+) -> Result<(), DbError> {
+    c.execute_cached(
+        "DELETE FROM usage_slots WHERE expires_at <= ?1",
+        params![now],
+    )?;
+    c.execute_cached(
+        "INSERT INTO usage_slots (key, slot_id, expires_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key, slot_id) DO UPDATE SET expires_at = excluded.expires_at",
+        params![key, slot_id, expires_at],
+    )?;
+    Ok(())
 }
 
 #[async_trait]
@@ -233,7 +238,9 @@ impl UsageCounters for SqliteChatStore {
             Ok(next) => {
                 counters.set_window(key, next);
                 // Queued under the lock: the file gets the windows in the order decided.
-                write_window(self.database_ref(), key, next, now);
+                let key = key.to_owned();
+                self.database_ref()
+                    .call_behind("a usage window", move |c| write_window(c, &key, next, now));
                 Ok(Admission::Admitted)
             }
         }
@@ -253,7 +260,10 @@ impl UsageCounters for SqliteChatStore {
             return Ok(Admission::Refused { retry_after_ms });
         }
         counters.hold_slot(key, slot_id, now, expires_at);
-        write_slot(self.database_ref(), key, slot_id, now, expires_at);
+        let (key, slot_id) = (key.to_owned(), slot_id.to_owned());
+        self.database_ref().call_behind("a turn slot", move |c| {
+            write_slot(c, &key, &slot_id, now, expires_at)
+        });
         Ok(Admission::Admitted)
     }
 
@@ -290,9 +300,18 @@ impl UsageCounters for SqliteChatStore {
         };
         counters.hold_slot(slot.key, slot.slot_id, now, slot.expires_at);
         counters.set_window(window.key, next);
-        let db = self.database_ref();
-        write_slot(db, slot.key, slot.slot_id, now, slot.expires_at);
-        write_window(db, window.key, next, now);
+        let (slot_key, slot_id, expires_at) = (
+            slot.key.to_owned(),
+            slot.slot_id.to_owned(),
+            slot.expires_at,
+        );
+        let window_key = window.key.to_owned();
+        // One write for both: a savepoint fewer on the writer per send.
+        self.database_ref()
+            .call_behind("a turn slot and a usage window", move |c| {
+                write_slot(c, &slot_key, &slot_id, now, expires_at)?;
+                write_window(c, &window_key, next, now)
+            });
         Ok(SlotAndCount::Admitted)
     }
 }
