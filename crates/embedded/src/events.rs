@@ -13,7 +13,7 @@
 //! (`stream_event_index_through`): on opening, and after a failed commit, the entries past it are
 //! read back from the rows themselves. Reads see an entry only once its frame is committed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -66,8 +66,14 @@ UPDATE stream_event_index_through SET event_row = (SELECT COALESCE(MAX(id), 0) F
 DROP TABLE events;
 ";
 
-/// How often the entries kept in memory are written to the index.
+/// How long a run's entries wait in memory before they are written to the index. Each run
+/// is indexed on its own clock (by its own frame, once its oldest waiting entry is this old),
+/// so the thousand runs of a busy second are indexed a few at a time, not in one batch that
+/// held every frame behind it for tens of milliseconds.
 const INDEX_EVERY: Duration = Duration::from_secs(1);
+/// How often a frame also indexes the runs that wrote nothing lately (a finished turn's last
+/// entries) and moves the index's watermark.
+const INDEX_IDLE_EVERY: Duration = Duration::from_millis(100);
 /// ... or sooner, once this many wait (memory stays bounded whatever the rate).
 const INDEX_AT_MOST_WAITING: usize = 65_536;
 /// Every this many stream events, the write also deletes expired ones (see
@@ -98,6 +104,8 @@ struct RunEntries {
     indexed_through: Option<u64>,
     /// Written to since the last indexing (a run idle that long is forgotten).
     written: bool,
+    /// When its oldest entry not yet in the index was written.
+    waiting_since: Option<Instant>,
 }
 
 /// What is kept in memory: the entries the index lacks, by run.
@@ -108,9 +116,15 @@ struct Unindexed {
     waiting: usize,
     /// Runs written to in the batch being run (their entries become visible at its commit).
     in_batch: Vec<String>,
-    /// The batch being run wrote the index (its entries go once it commits).
-    indexed_in_batch: bool,
-    last_indexed: Instant,
+    /// Runs the batch being run wrote to the index (their indexed entries go once it commits).
+    indexed_in_batch: Vec<String>,
+    /// The batch being run indexed every run that was due and moved the watermark: once it
+    /// commits, runs idle since the last such pass are forgotten.
+    forget_in_batch: bool,
+    /// When the last pass over every run ([`INDEX_IDLE_EVERY`]) was made.
+    last_idle_pass: Instant,
+    /// When runs idle since were last forgotten.
+    last_forgotten: Instant,
     /// How long entries wait for the index ([`INDEX_EVERY`]; tests lengthen it so that only
     /// `index_next` writes it, whatever the machine's speed).
     index_every: Duration,
@@ -124,8 +138,10 @@ impl Unindexed {
             runs: HashMap::new(),
             waiting: 0,
             in_batch: Vec::new(),
-            indexed_in_batch: false,
-            last_indexed: Instant::now(),
+            indexed_in_batch: Vec::new(),
+            forget_in_batch: false,
+            last_idle_pass: Instant::now(),
+            last_forgotten: Instant::now(),
             index_every: INDEX_EVERY,
             index_next: false,
         }
@@ -144,7 +160,9 @@ impl Unindexed {
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let run: String = row.get(1)?;
-            self.runs.entry(run).or_default().entries.push(Entry {
+            let run = self.runs.entry(run).or_default();
+            run.waiting_since.get_or_insert_with(Instant::now);
+            run.entries.push(Entry {
                 row: row.get(0)?,
                 first_event_id: row.get::<_, i64>(2)? as u64,
                 last_event_id: row.get::<_, i64>(3)? as u64,
@@ -176,24 +194,54 @@ impl Unindexed {
                 }
             }
         }
-        if std::mem::take(&mut self.indexed_in_batch) {
-            self.runs.retain(|_, run| {
+        for run in std::mem::take(&mut self.indexed_in_batch) {
+            if let Some(run) = self.runs.get_mut(&run) {
                 run.entries.retain(|e| !e.indexed);
-                std::mem::take(&mut run.written) || !run.entries.is_empty()
-            });
+            }
+        }
+        if std::mem::take(&mut self.forget_in_batch) {
+            self.runs
+                .retain(|_, run| std::mem::take(&mut run.written) || !run.entries.is_empty());
         }
     }
 
-    /// Writes every waiting entry to the index, each run's together, in one savepoint (a
-    /// failure leaves them waiting for the next time).
-    fn write_index(&mut self, c: &rusqlite::Connection) -> rusqlite::Result<()> {
-        let through: i64 = self
+    /// Writes what is due to the index after an append to `run_id`: that run's entries once
+    /// the oldest has waited [`INDEX_EVERY`]; every run's that is due, every
+    /// [`INDEX_IDLE_EVERY`]; everything when asked (`index_next`) or when too much waits. A
+    /// failure leaves the entries waiting for a later frame.
+    fn index_due(&mut self, c: &rusqlite::Connection, run_id: &str) {
+        let every = self.index_every;
+        let due = move |run: &RunEntries| run.waiting_since.is_some_and(|at| at.elapsed() >= every);
+        let written = if self.index_next || self.waiting >= INDEX_AT_MOST_WAITING {
+            self.write_index(c, |_, _| true, true)
+        } else if self.last_idle_pass.elapsed() >= INDEX_IDLE_EVERY {
+            self.write_index(c, |_, run| due(run), true)
+        } else if self.runs.get(run_id).is_some_and(due) {
+            self.write_index(c, |id, _| id == run_id, false)
+        } else {
+            return;
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "writing the stream events' index failed; a later frame retries");
+        }
+    }
+
+    /// Writes the waiting entries of the runs `index` picks to the index, each run's together,
+    /// in one savepoint (a failure leaves them waiting). A `full` pass also moves the index's
+    /// watermark to the last row below every entry still waiting (what a restart reads back)
+    /// and, once every [`INDEX_EVERY`], lets runs idle since be forgotten.
+    fn write_index(
+        &mut self,
+        c: &rusqlite::Connection,
+        index: impl Fn(&str, &RunEntries) -> bool,
+        full: bool,
+    ) -> rusqlite::Result<()> {
+        let picked: HashSet<String> = self
             .runs
-            .values()
-            .flat_map(|run| run.entries.iter())
-            .map(|e| e.row)
-            .max()
-            .unwrap_or(0);
+            .iter()
+            .filter(|(run_id, run)| run.entries.iter().any(|e| !e.indexed) && index(run_id, run))
+            .map(|(run_id, _)| run_id.clone())
+            .collect();
         c.execute_batch("SAVEPOINT stream_event_index")?;
         let written = (|| {
             let mut insert = c.prepare_cached(
@@ -201,8 +249,8 @@ impl Unindexed {
                      (run_id, first_event_id, last_event_id, event_row, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            for (run_id, run) in &self.runs {
-                for e in run.entries.iter().filter(|e| !e.indexed) {
+            for run_id in &picked {
+                for e in self.runs[run_id].entries.iter().filter(|e| !e.indexed) {
                     insert.execute(params![
                         run_id,
                         e.first_event_id as i64,
@@ -212,26 +260,54 @@ impl Unindexed {
                     ])?;
                 }
             }
-            c.prepare_cached(
-                "UPDATE stream_event_index_through SET event_row = MAX(event_row, ?1)",
-            )?
-            .execute([through])
-            .map(drop)
+            if full {
+                // Every row up to the first one still waiting (after this write) is indexed;
+                // with none waiting, every row is.
+                let first_waiting = self
+                    .runs
+                    .iter()
+                    .filter(|(run_id, _)| !picked.contains(run_id.as_str()))
+                    .flat_map(|(_, run)| run.entries.iter().filter(|e| !e.indexed))
+                    .map(|e| e.row)
+                    .min();
+                let newest = self
+                    .runs
+                    .values()
+                    .flat_map(|run| run.entries.iter())
+                    .map(|e| e.row)
+                    .max()
+                    .unwrap_or(0);
+                c.prepare_cached(
+                    "UPDATE stream_event_index_through SET event_row = MAX(event_row, ?1)",
+                )?
+                .execute([first_waiting.map_or(newest, |row| row - 1)])?;
+            }
+            Ok(())
         })();
         if let Err(e) = written {
             let _ = c.execute_batch("ROLLBACK TO stream_event_index; RELEASE stream_event_index");
             return Err(e);
         }
         c.execute_batch("RELEASE stream_event_index")?;
-        for run in self.runs.values_mut() {
+        for run_id in picked {
+            let Some(run) = self.runs.get_mut(&run_id) else {
+                continue;
+            };
             for e in run.entries.iter_mut().filter(|e| !e.indexed) {
                 e.indexed = true;
+                self.waiting -= 1;
                 run.indexed_through = Some(run.indexed_through.unwrap_or(0).max(e.last_event_id));
             }
+            run.waiting_since = None;
+            self.indexed_in_batch.push(run_id);
         }
-        self.waiting = 0;
-        self.indexed_in_batch = true;
-        self.last_indexed = Instant::now();
+        if full {
+            self.last_idle_pass = Instant::now();
+            if self.index_next || self.last_forgotten.elapsed() >= self.index_every {
+                self.last_forgotten = Instant::now();
+                self.forget_in_batch = true;
+            }
+        }
         self.index_next = false;
         Ok(())
     }
@@ -335,6 +411,7 @@ impl EventLog {
                     })
                     .map_err(store_error)?;
                 run.written = true;
+                run.waiting_since.get_or_insert_with(Instant::now);
                 run.entries.push(Entry {
                     first_event_id: first,
                     last_event_id: last,
@@ -344,14 +421,8 @@ impl EventLog {
                     indexed: false,
                 });
                 memory.waiting += 1;
+                memory.index_due(c, &run_id);
                 memory.in_batch.push(run_id);
-                if (memory.index_next
-                    || memory.last_indexed.elapsed() >= memory.index_every
-                    || memory.waiting >= INDEX_AT_MOST_WAITING)
-                    && let Err(e) = memory.write_index(c)
-                {
-                    tracing::warn!(error = %e, "writing the stream events' index failed; the next frame retries");
-                }
                 if sweep {
                     // The engine's clock, not this machine's: the event was made
                     // STREAM_EVENT_TTL before it expires.
@@ -703,6 +774,60 @@ mod tests {
                 .await
                 .unwrap();
         }
+    }
+
+    /// Makes `run`'s oldest waiting entry `age` old, with runs due after ten seconds (so
+    /// that no run comes due on its own, however slowly the test runs).
+    fn age_run(log: &EventLog, run: &str, age: Duration) {
+        let mut memory = lock(&log.unindexed);
+        memory.index_every = Duration::from_secs(10);
+        memory.runs.get_mut(run).unwrap().waiting_since = Some(Instant::now() - age);
+    }
+
+    #[tokio::test]
+    async fn each_run_is_indexed_on_its_own_clock_and_idle_runs_by_the_periodic_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open_for_test(&dir.path().join("e.sqlite3"));
+        append_run(&log, "a", 1, 2).await;
+        append_run(&log, "b", 1, 3).await;
+        assert_eq!(log.indexed().await, 0);
+
+        // a's oldest entry is past due: a's next frame indexes a's entries, and only those.
+        age_run(&log, "a", Duration::from_secs(20));
+        append_run(&log, "a", 5, 1).await;
+        assert_eq!(log.indexed().await, 3, "a's three, not b's");
+        assert_eq!(lock(&log.unindexed).waiting, 3, "b's three wait");
+
+        // b writes nothing more; the periodic pass indexes it and moves the watermark to just
+        // below the first entry still waiting (a's, written after the pass).
+        age_run(&log, "b", Duration::from_secs(20));
+        lock(&log.unindexed).last_idle_pass = Instant::now() - INDEX_IDLE_EVERY;
+        append_run(&log, "a", 7, 1).await;
+        assert_eq!(log.indexed().await, 6, "b's three joined");
+        assert_eq!(lock(&log.unindexed).waiting, 1, "a's newest waits");
+        let watermark: i64 = log
+            .db
+            .read(|c| {
+                c.query_row(
+                    "SELECT event_row FROM stream_event_index_through",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(store_error)
+            })
+            .await
+            .unwrap();
+        assert_eq!(watermark, 6, "rows 1 to 6 are indexed, row 7 waits");
+
+        // Reads see every event, indexed or not.
+        assert_eq!(
+            firsts(&log.after("a", 0, DAY_ONE).await.unwrap()),
+            [1, 3, 5, 7]
+        );
+        assert_eq!(
+            firsts(&log.after("b", 0, DAY_ONE).await.unwrap()),
+            [1, 3, 5]
+        );
     }
 
     #[tokio::test]
