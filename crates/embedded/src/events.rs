@@ -71,8 +71,8 @@ DROP TABLE events;
 /// so the thousand runs of a busy second are indexed a few at a time, not in one batch that
 /// held every frame behind it for tens of milliseconds.
 const INDEX_EVERY: Duration = Duration::from_secs(1);
-/// How often a frame also indexes the runs that wrote nothing lately (a finished turn's last
-/// entries) and moves the index's watermark.
+/// How often a frame also indexes the runs that are due but wrote nothing lately (a finished
+/// turn's last entries).
 const INDEX_IDLE_EVERY: Duration = Duration::from_millis(100);
 /// ... or sooner, once this many wait (memory stays bounded whatever the rate).
 const INDEX_AT_MOST_WAITING: usize = 65_536;
@@ -123,8 +123,8 @@ struct Unindexed {
     forget_in_batch: bool,
     /// When the last pass over every run ([`INDEX_IDLE_EVERY`]) was made.
     last_idle_pass: Instant,
-    /// When runs idle since were last forgotten.
-    last_forgotten: Instant,
+    /// When the watermark was last moved (and runs idle since then forgotten).
+    last_watermark: Instant,
     /// How long entries wait for the index ([`INDEX_EVERY`]; tests lengthen it so that only
     /// `index_next` writes it, whatever the machine's speed).
     index_every: Duration,
@@ -141,7 +141,7 @@ impl Unindexed {
             indexed_in_batch: Vec::new(),
             forget_in_batch: false,
             last_idle_pass: Instant::now(),
-            last_forgotten: Instant::now(),
+            last_watermark: Instant::now(),
             index_every: INDEX_EVERY,
             index_next: false,
         }
@@ -207,17 +207,30 @@ impl Unindexed {
 
     /// Writes what is due to the index after an append to `run_id`: that run's entries once
     /// the oldest has waited [`INDEX_EVERY`]; every run's that is due, every
-    /// [`INDEX_IDLE_EVERY`]; everything when asked (`index_next`) or when too much waits. A
-    /// failure leaves the entries waiting for a later frame.
+    /// [`INDEX_IDLE_EVERY`], with the watermark once every [`INDEX_EVERY`]; everything when
+    /// asked (`index_next`) or when too much waits. A failure leaves the entries waiting for a
+    /// later frame. Only the periodic pass looks at every run: a frame's own check is one run's.
     fn index_due(&mut self, c: &rusqlite::Connection, run_id: &str) {
         let every = self.index_every;
         let due = move |run: &RunEntries| run.waiting_since.is_some_and(|at| at.elapsed() >= every);
         let written = if self.index_next || self.waiting >= INDEX_AT_MOST_WAITING {
-            self.write_index(c, |_, _| true, true)
+            let all = self.runs.keys().cloned().collect();
+            self.write_index(c, all, true)
         } else if self.last_idle_pass.elapsed() >= INDEX_IDLE_EVERY {
-            self.write_index(c, |_, run| due(run), true)
+            self.last_idle_pass = Instant::now();
+            let due_runs: Vec<String> = self
+                .runs
+                .iter()
+                .filter(|(_, run)| due(run))
+                .map(|(id, _)| id.clone())
+                .collect();
+            let watermark = self.last_watermark.elapsed() >= every;
+            if due_runs.is_empty() && !watermark {
+                return;
+            }
+            self.write_index(c, due_runs, watermark)
         } else if self.runs.get(run_id).is_some_and(due) {
-            self.write_index(c, |id, _| id == run_id, false)
+            self.write_index(c, vec![run_id.to_owned()], false)
         } else {
             return;
         };
@@ -226,21 +239,23 @@ impl Unindexed {
         }
     }
 
-    /// Writes the waiting entries of the runs `index` picks to the index, each run's together,
-    /// in one savepoint (a failure leaves them waiting). A `full` pass also moves the index's
+    /// Writes the waiting entries of `runs` to the index, each run's together, in one
+    /// savepoint (a failure leaves them waiting). With `watermark`, also moves the index's
     /// watermark to the last row below every entry still waiting (what a restart reads back)
-    /// and, once every [`INDEX_EVERY`], lets runs idle since be forgotten.
+    /// and lets runs idle since the last such write be forgotten once it commits.
     fn write_index(
         &mut self,
         c: &rusqlite::Connection,
-        index: impl Fn(&str, &RunEntries) -> bool,
-        full: bool,
+        runs: Vec<String>,
+        watermark: bool,
     ) -> rusqlite::Result<()> {
-        let picked: HashSet<String> = self
-            .runs
-            .iter()
-            .filter(|(run_id, run)| run.entries.iter().any(|e| !e.indexed) && index(run_id, run))
-            .map(|(run_id, _)| run_id.clone())
+        let picked: Vec<String> = runs
+            .into_iter()
+            .filter(|id| {
+                self.runs
+                    .get(id)
+                    .is_some_and(|run| run.entries.iter().any(|e| !e.indexed))
+            })
             .collect();
         c.execute_batch("SAVEPOINT stream_event_index")?;
         let written = (|| {
@@ -260,13 +275,14 @@ impl Unindexed {
                     ])?;
                 }
             }
-            if full {
+            if watermark {
                 // Every row up to the first one still waiting (after this write) is indexed;
                 // with none waiting, every row is.
+                let written: HashSet<&str> = picked.iter().map(String::as_str).collect();
                 let first_waiting = self
                     .runs
                     .iter()
-                    .filter(|(run_id, _)| !picked.contains(run_id.as_str()))
+                    .filter(|(run_id, _)| !written.contains(run_id.as_str()))
                     .flat_map(|(_, run)| run.entries.iter().filter(|e| !e.indexed))
                     .map(|e| e.row)
                     .min();
@@ -301,12 +317,9 @@ impl Unindexed {
             run.waiting_since = None;
             self.indexed_in_batch.push(run_id);
         }
-        if full {
-            self.last_idle_pass = Instant::now();
-            if self.index_next || self.last_forgotten.elapsed() >= self.index_every {
-                self.last_forgotten = Instant::now();
-                self.forget_in_batch = true;
-            }
+        if watermark {
+            self.last_watermark = Instant::now();
+            self.forget_in_batch = true;
         }
         self.index_next = false;
         Ok(())
@@ -798,10 +811,14 @@ mod tests {
         assert_eq!(log.indexed().await, 3, "a's three, not b's");
         assert_eq!(lock(&log.unindexed).waiting, 3, "b's three wait");
 
-        // b writes nothing more; the periodic pass indexes it and moves the watermark to just
-        // below the first entry still waiting (a's, written after the pass).
+        // b writes nothing more; the periodic pass indexes it and (its second come) moves the
+        // watermark to just below the first entry still waiting (a's, written after the pass).
         age_run(&log, "b", Duration::from_secs(20));
-        lock(&log.unindexed).last_idle_pass = Instant::now() - INDEX_IDLE_EVERY;
+        {
+            let mut memory = lock(&log.unindexed);
+            memory.last_idle_pass = Instant::now() - INDEX_IDLE_EVERY;
+            memory.last_watermark = Instant::now() - Duration::from_secs(20);
+        }
         append_run(&log, "a", 7, 1).await;
         assert_eq!(log.indexed().await, 6, "b's three joined");
         assert_eq!(lock(&log.unindexed).waiting, 1, "a's newest waits");
