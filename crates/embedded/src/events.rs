@@ -257,7 +257,8 @@ impl Unindexed {
                     .is_some_and(|run| run.entries.iter().any(|e| !e.indexed))
             })
             .collect();
-        c.execute_batch("SAVEPOINT stream_event_index")?;
+        // Cached: a run is indexed on its own, thousands of times a second.
+        c.prepare_cached("SAVEPOINT stream_event_index")?.execute([])?;
         let written = (|| {
             let mut insert = c.prepare_cached(
                 "INSERT OR REPLACE INTO stream_event_index
@@ -304,7 +305,7 @@ impl Unindexed {
             let _ = c.execute_batch("ROLLBACK TO stream_event_index; RELEASE stream_event_index");
             return Err(e);
         }
-        c.execute_batch("RELEASE stream_event_index")?;
+        c.prepare_cached("RELEASE stream_event_index")?.execute([])?;
         for run_id in picked {
             let Some(run) = self.runs.get_mut(&run_id) else {
                 continue;
