@@ -258,7 +258,8 @@ impl Unindexed {
             })
             .collect();
         // Cached: a run is indexed on its own, thousands of times a second.
-        c.prepare_cached("SAVEPOINT stream_event_index")?.execute([])?;
+        c.prepare_cached("SAVEPOINT stream_event_index")?
+            .execute([])?;
         let written = (|| {
             let mut insert = c.prepare_cached(
                 "INSERT OR REPLACE INTO stream_event_index
@@ -305,7 +306,8 @@ impl Unindexed {
             let _ = c.execute_batch("ROLLBACK TO stream_event_index; RELEASE stream_event_index");
             return Err(e);
         }
-        c.prepare_cached("RELEASE stream_event_index")?.execute([])?;
+        c.prepare_cached("RELEASE stream_event_index")?
+            .execute([])?;
         for run_id in picked {
             let Some(run) = self.runs.get_mut(&run_id) else {
                 continue;
