@@ -125,16 +125,12 @@ impl SqliteTurnQueue {
             512,
             Hooks::default(),
         )?;
-        Ok(SqliteTurnQueue {
+        Ok(SqliteTurnQueue::new(
             db,
-            owns_file: true,
+            true,
             visibility_timeout,
-            max_receives: max_receives.max(1),
-            changed: [Notify::new(), Notify::new()],
-            looks: std::sync::atomic::AtomicU64::new(0),
-            waiting: Arc::default(),
-            handed: Mutex::default(),
-        })
+            max_receives,
+        ))
     }
 
     /// The queue in `store`'s file (which holds its tables): its operations run on the store's
@@ -144,9 +140,13 @@ impl SqliteTurnQueue {
         visibility_timeout: Duration,
         max_receives: u32,
     ) -> Self {
+        SqliteTurnQueue::new(store.database(), false, visibility_timeout, max_receives)
+    }
+
+    fn new(db: Database, owns_file: bool, visibility_timeout: Duration, max_receives: u32) -> Self {
         SqliteTurnQueue {
-            db: store.database(),
-            owns_file: false,
+            db,
+            owns_file,
             visibility_timeout,
             max_receives: max_receives.max(1),
             changed: [Notify::new(), Notify::new()],
@@ -229,9 +229,8 @@ impl SqliteTurnQueue {
             }
         }
         if moved > 0 {
-            for queue in [QueueName::Turns, QueueName::DeadLetters] {
-                self.changed[queue_index(queue)].notify_one();
-            }
+            self.wake(QueueName::Turns);
+            self.wake(QueueName::DeadLetters);
         }
         Ok(moved)
     }
