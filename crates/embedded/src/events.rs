@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chatrun_core::config::STREAM_EVENT_TTL;
@@ -26,6 +26,7 @@ use rusqlite::{OptionalExtension, params};
 
 use crate::Cached;
 use crate::db::{Committed, Database, Hooks};
+use crate::lock;
 use crate::store::{from_json, to_json};
 use crate::store_error;
 
@@ -335,14 +336,6 @@ pub(crate) struct EventLog {
     unindexed: Arc<Mutex<Unindexed>>,
     /// Stream events appended since the log opened (when to sweep).
     appended: AtomicU64,
-}
-
-/// Locks `unindexed`, whatever a panicking holder left (its fields stay consistent: every
-/// change to them is a single step).
-fn lock(unindexed: &Mutex<Unindexed>) -> MutexGuard<'_, Unindexed> {
-    unindexed
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl EventLog {

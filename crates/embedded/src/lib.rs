@@ -36,6 +36,15 @@ fn is_transient(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Locks `mutex` whatever a panicking holder left: every caller changes what it guards in
+/// single steps, so it is whole (the events log's entries, the queue's handed messages, the
+/// usage counters).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn store_error(e: rusqlite::Error) -> StoreError {
     if is_transient(&e) {
         StoreError::Transient(e.to_string())

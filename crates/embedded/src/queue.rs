@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 
 use crate::Cached;
 use crate::db::{Database, DbError, Hooks};
+use crate::lock;
 use crate::queue_error;
 use crate::store::SqliteChatStore;
 
@@ -140,7 +141,12 @@ impl SqliteTurnQueue {
         visibility_timeout: Duration,
         max_receives: u32,
     ) -> Self {
-        SqliteTurnQueue::new(store.database(), false, visibility_timeout, max_receives)
+        SqliteTurnQueue::new(
+            store.database().clone(),
+            false,
+            visibility_timeout,
+            max_receives,
+        )
     }
 
     fn new(db: Database, owns_file: bool, visibility_timeout: Duration, max_receives: u32) -> Self {
@@ -477,13 +483,6 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// Locks `handed`, whatever a panicking holder left (each change to it is one step).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What one look at a queue found ([`SqliteTurnQueue::try_receive`]).

@@ -259,13 +259,9 @@ impl SqliteChatStore {
         })
     }
 
-    /// The handle on the store's file, for the turn queue that shares it.
-    pub(crate) fn database(&self) -> Database {
-        self.db.clone()
-    }
-
-    /// The store's file, for the usage counters' writes behind.
-    pub(crate) fn database_ref(&self) -> &Database {
+    /// The store's file: the turn queue shares it (a clone of the handle), and the usage
+    /// counters write behind on it.
+    pub(crate) fn database(&self) -> &Database {
         &self.db
     }
 

@@ -167,10 +167,7 @@ pub(crate) struct Usage {
 
 impl Usage {
     fn lock(&self) -> MutexGuard<'_, Counters> {
-        // Every change to the counters is a single step: what a panicking holder left is whole.
-        self.counters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.counters)
     }
 
     /// Loads the counters from the file (the writer's connection, on opening and after a
@@ -239,7 +236,7 @@ impl UsageCounters for SqliteChatStore {
                 counters.set_window(key, next);
                 // Queued under the lock: the file gets the windows in the order decided.
                 let key = key.to_owned();
-                self.database_ref()
+                self.database()
                     .call_behind("a usage window", move |c| write_window(c, &key, next, now));
                 Ok(Admission::Admitted)
             }
@@ -261,7 +258,7 @@ impl UsageCounters for SqliteChatStore {
         }
         counters.hold_slot(key, slot_id, now, expires_at);
         let (key, slot_id) = (key.to_owned(), slot_id.to_owned());
-        self.database_ref().call_behind("a turn slot", move |c| {
+        self.database().call_behind("a turn slot", move |c| {
             write_slot(c, &key, &slot_id, now, expires_at)
         });
         Ok(Admission::Admitted)
@@ -271,14 +268,13 @@ impl UsageCounters for SqliteChatStore {
         let mut counters = self.usage().lock();
         counters.free_slot(key, slot_id);
         let (key, slot_id) = (key.to_owned(), slot_id.to_owned());
-        self.database_ref()
-            .call_behind("a freed turn slot", move |c| {
-                c.execute_cached(
-                    "DELETE FROM usage_slots WHERE key = ?1 AND slot_id = ?2",
-                    params![key, slot_id],
-                )?;
-                Ok::<_, DbError>(())
-            });
+        self.database().call_behind("a freed turn slot", move |c| {
+            c.execute_cached(
+                "DELETE FROM usage_slots WHERE key = ?1 AND slot_id = ?2",
+                params![key, slot_id],
+            )?;
+            Ok::<_, DbError>(())
+        });
         Ok(())
     }
 
@@ -307,7 +303,7 @@ impl UsageCounters for SqliteChatStore {
         );
         let window_key = window.key.to_owned();
         // One write for both: a savepoint fewer on the writer per send.
-        self.database_ref()
+        self.database()
             .call_behind("a turn slot and a usage window", move |c| {
                 write_slot(c, &slot_key, &slot_id, now, expires_at)?;
                 write_window(c, &window_key, next, now)
