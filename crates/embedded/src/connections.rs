@@ -1,17 +1,23 @@
 //! `InProcessConnections`: the gateway's open WebSockets, as the `Connections` port sees them.
 //!
-//! Each socket task registers and gets a receiver; `post` hands a frame to that receiver
-//! without waiting (a socket that does not read fills its buffer and then answers `Transient`,
-//! as API Gateway throttles rather than blocking the poster).
+//! Each socket task registers and gets an [`Outbox`]; `post` puts a frame in it without waiting
+//! (a socket that does not read fills it and then answers `Transient`, as API Gateway throttles
+//! rather than blocking the poster).
+//!
+//! The outbox is a locked queue and a `Notify` rather than a tokio channel: a bounded channel
+//! allocates its shared state and its first block of slots up front, about 2 KB per open
+//! connection, while most connections hold at most a frame or two at a time. It also lets the
+//! socket task take every waiting frame at once and write them with one flush.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use chatrun_core::domain::Millis;
 use chatrun_core::error::PostError;
 use chatrun_core::ports::Connections;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// Frames buffered per connection before posts answer `Transient`.
 const BUFFERED_FRAMES: usize = 1024;
@@ -32,8 +38,52 @@ pub struct ConnectionInfo {
     pub last_active_at: Millis,
 }
 
+/// The frames waiting for one socket.
+#[derive(Default)]
+struct Mailbox {
+    frames: Mutex<VecDeque<Outbound>>,
+    /// Set once a frame is waiting (a stored permit when the socket task is busy).
+    ready: Notify,
+    /// The socket task dropped its outbox: posts answer `Gone`.
+    closed: AtomicBool,
+}
+
+/// The receiving end a socket task holds: the frames posted to its connection, in order.
+pub struct Outbox {
+    mailbox: Arc<Mailbox>,
+}
+
+impl Outbox {
+    /// Waits for the next frame.
+    pub async fn recv(&mut self) -> Outbound {
+        loop {
+            if let Some(frame) = self.try_recv() {
+                return frame;
+            }
+            self.mailbox.ready.notified().await;
+        }
+    }
+
+    /// Ends the connection for posters: they get `Gone` from now on, as after `DELETE
+    /// @connections/{id}`, while the socket waits for the client's answer to its close.
+    pub fn close(&mut self) {
+        self.mailbox.closed.store(true, Ordering::Release);
+    }
+
+    /// The next frame if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        crate::lock(&self.mailbox.frames).pop_front()
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 struct Entry {
-    sender: mpsc::Sender<Outbound>,
+    mailbox: Arc<Mailbox>,
     info: ConnectionInfo,
 }
 
@@ -48,18 +98,17 @@ impl InProcessConnections {
         Self::default()
     }
 
-    /// Registers an open socket; its task sends what arrives on the returned receiver.
-    pub fn register(
-        &self,
-        connection_id: String,
-        info: ConnectionInfo,
-    ) -> mpsc::Receiver<Outbound> {
-        let (sender, receiver) = mpsc::channel(BUFFERED_FRAMES);
-        self.open
-            .write()
-            .expect("connection registry lock")
-            .insert(connection_id, Entry { sender, info });
-        receiver
+    /// Registers an open socket; its task sends what arrives in the returned outbox.
+    pub fn register(&self, connection_id: String, info: ConnectionInfo) -> Outbox {
+        let mailbox = Arc::new(Mailbox::default());
+        self.open.write().expect("connection registry lock").insert(
+            connection_id,
+            Entry {
+                mailbox: mailbox.clone(),
+                info,
+            },
+        );
+        Outbox { mailbox }
     }
 
     /// Forgets a socket (it closed).
@@ -101,21 +150,23 @@ impl InProcessConnections {
     }
 
     fn send(&self, connection_id: &str, outbound: Outbound) -> Result<(), PostError> {
-        let sender = match self
-            .open
-            .read()
-            .expect("connection registry lock")
-            .get(connection_id)
-        {
-            Some(entry) => entry.sender.clone(),
-            None => return Err(PostError::Gone),
+        let open = self.open.read().expect("connection registry lock");
+        let Some(entry) = open.get(connection_id) else {
+            return Err(PostError::Gone);
         };
-        sender.try_send(outbound).map_err(|e| match e {
-            mpsc::error::TrySendError::Closed(_) => PostError::Gone,
-            mpsc::error::TrySendError::Full(_) => {
-                PostError::Transient("the connection is not reading".into())
+        let mailbox = &entry.mailbox;
+        if mailbox.closed.load(Ordering::Acquire) {
+            return Err(PostError::Gone);
+        }
+        {
+            let mut frames = crate::lock(&mailbox.frames);
+            if frames.len() >= BUFFERED_FRAMES {
+                return Err(PostError::Transient("the connection is not reading".into()));
             }
-        })
+            frames.push_back(outbound);
+        }
+        mailbox.ready.notify_one();
+        Ok(())
     }
 }
 
@@ -148,9 +199,9 @@ mod tests {
         let registry = InProcessConnections::new();
         let mut rx = registry.register("c1".into(), info());
         registry.post("c1", "hello").await.unwrap();
-        assert_eq!(rx.recv().await, Some(Outbound::Text("hello".into())));
+        assert_eq!(rx.recv().await, Outbound::Text("hello".into()));
         registry.close("c1").await.unwrap();
-        assert_eq!(rx.recv().await, Some(Outbound::Close));
+        assert_eq!(rx.recv().await, Outbound::Close);
         assert!(matches!(
             registry.post("nope", "x").await,
             Err(PostError::Gone)
@@ -165,6 +216,37 @@ mod tests {
         );
         registry.unregister("c1");
         assert!(registry.info("c1").is_none());
+    }
+
+    #[tokio::test]
+    async fn waiting_frames_are_taken_in_order_and_a_close_makes_posts_gone() {
+        let registry = InProcessConnections::new();
+        let mut outbox = registry.register("c1".into(), info());
+        assert_eq!(outbox.try_recv(), None);
+        for frame in ["a", "b", "c"] {
+            registry.post("c1", frame).await.unwrap();
+        }
+        // The first wakes the socket task; the rest are taken without waiting.
+        assert_eq!(outbox.recv().await, Outbound::Text("a".into()));
+        assert_eq!(outbox.try_recv(), Some(Outbound::Text("b".into())));
+        assert_eq!(outbox.try_recv(), Some(Outbound::Text("c".into())));
+        assert_eq!(outbox.try_recv(), None);
+        // A post while the task waits wakes it.
+        let waiting = tokio::spawn(async move {
+            let frame = outbox.recv().await;
+            (outbox, frame)
+        });
+        tokio::task::yield_now().await;
+        registry.post("c1", "d").await.unwrap();
+        let (mut outbox, frame) = waiting.await.unwrap();
+        assert_eq!(frame, Outbound::Text("d".into()));
+        // Closed while still registered (waiting for the client's answer): posts are gone.
+        outbox.close();
+        assert!(matches!(
+            registry.post("c1", "e").await,
+            Err(PostError::Gone)
+        ));
+        assert_eq!(outbox.try_recv(), None);
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ pub mod queue;
 pub mod store;
 mod usage;
 
-pub use connections::{ConnectionInfo, InProcessConnections, Outbound};
+pub use connections::{ConnectionInfo, InProcessConnections, Outbound, Outbox};
 pub use queue::SqliteTurnQueue;
 pub use store::SqliteChatStore;
 
@@ -38,7 +38,7 @@ fn is_transient(e: &rusqlite::Error) -> bool {
 
 /// Locks `mutex` whatever a panicking holder left: every caller changes what it guards in
 /// single steps, so it is whole (the events log's entries, the queue's handed messages, the
-/// usage counters).
+/// usage counters, a connection's waiting frames).
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()

@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chatrun_core::config::MAX_WEBSOCKET_MESSAGE_BYTES;
 use chatrun_core::protocol::ACTIONS;
-use chatrun_embedded::{ConnectionInfo, Outbound};
+use chatrun_embedded::{ConnectionInfo, Outbound, Outbox};
 use futures::{SinkExt, StreamExt};
 
 use crate::gateway::Gateway;
@@ -157,101 +157,125 @@ async fn dispatch(gateway: &Gateway, connection_id: &str, body: String) {
     }
 }
 
+/// Why the socket task closes the connection itself.
+fn close_frame(code: u16, reason: &'static str) -> Option<CloseFrame> {
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
+}
+
+/// Writes `first` and every other frame already waiting, with one flush.
+/// # Returns
+/// Whether the connection stays open (false once a close was sent).
+async fn write_waiting(
+    socket: &mut WebSocket,
+    outbox: &mut Outbox,
+    first: Outbound,
+) -> Result<bool, axum::Error> {
+    let mut next = Some(first);
+    while let Some(frame) = next {
+        match frame {
+            Outbound::Text(text) => socket.feed(Message::Text(text.into())).await?,
+            Outbound::Close => {
+                outbox.close();
+                socket
+                    .send(Message::Close(close_frame(close_code::NORMAL, "closed")))
+                    .await?;
+                return Ok(false);
+            }
+        }
+        next = outbox.try_recv();
+    }
+    socket.flush().await?;
+    Ok(true)
+}
+
+/// One task per connection, as a bare server has: it writes what is posted to the connection,
+/// and reads and handles the client's messages one at a time, in order. Frames posted while a
+/// message is being handled (its `ack`, a resume's replay) are written as they come.
 async fn run_socket(
     gateway: Arc<Gateway>,
-    socket: WebSocket,
+    mut socket: WebSocket,
     connection_id: String,
     info: ConnectionInfo,
 ) {
-    let (mut sink, mut incoming) = socket.split();
-    let mut outbound = gateway.sockets.register(connection_id.clone(), info);
-    let (close_tx, mut close_rx) = tokio::sync::oneshot::channel::<CloseFrame>();
-    let writer = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                // A close decided by the reader (idle, too big, lifetime) wins over the end of
-                // the outbound channel that follows it.
-                biased;
-                close = &mut close_rx => {
-                    if let Ok(frame) = close {
-                        let _ = sink.send(Message::Close(Some(frame))).await;
-                    }
-                    break;
-                }
-                frame = outbound.recv() => match frame {
-                    Some(Outbound::Text(text)) => {
-                        if sink.send(Message::Text(text.into())).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(Outbound::Close) => {
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code: close_code::NORMAL, reason: "closed".into() }))).await;
-                        break;
-                    }
-                    None => break,
-                },
-            }
-        }
-        let _ = sink.close().await;
-    });
-
+    let mut outbox = gateway.sockets.register(connection_id.clone(), info);
     let mut closing = gateway.closing.subscribe();
     let lifetime = tokio::time::sleep(gateway.options.max_connection_age);
-    tokio::pin!(lifetime);
+    let idle = tokio::time::sleep(gateway.options.idle_timeout);
+    tokio::pin!(lifetime, idle);
+    // The message being handled. Reading waits for it, and nothing ends the connection under
+    // it: a handler cut off half way could save a message and never queue its turn.
+    let mut handling = None;
+    // Set once a close was sent: the task then reads until the client answers it.
+    let mut open = true;
     let close = loop {
-        let next = tokio::select! {
-            next = tokio::time::timeout(gateway.options.idle_timeout, incoming.next()) => next,
-            _ = &mut lifetime => break Some(CloseFrame { code: close_code::AWAY, reason: "connection lifetime reached".into() }),
-            _ = closing.wait_for(|c| *c) => break Some(CloseFrame { code: close_code::AWAY, reason: "server shutting down".into() }),
-        };
-        match next {
-            Err(_) => {
-                break Some(CloseFrame {
-                    code: close_code::AWAY,
-                    reason: "idle timeout".into(),
-                });
+        tokio::select! {
+            biased;
+            frame = outbox.recv(), if open => match write_waiting(&mut socket, &mut outbox, frame).await {
+                Ok(still_open) => open = still_open,
+                Err(error) => {
+                    tracing::debug!(connection_id, %error, "websocket write failed");
+                    break None;
+                }
+            },
+            () = async { handling.as_mut().expect("a message is being handled").await }, if handling.is_some() => {
+                handling = None;
+                idle.as_mut().reset(tokio::time::Instant::now() + gateway.options.idle_timeout);
             }
-            Ok(None) => break None,
-            Ok(Some(Err(error))) => {
-                // tungstenite reports a message past the size limit as a read error.
-                let text = error.to_string().to_lowercase();
-                let too_big =
-                    text.contains("too long") || text.contains("too big") || text.contains("limit");
-                tracing::info!(connection_id, %error, "websocket read failed");
-                break too_big.then(|| CloseFrame {
-                    code: close_code::SIZE,
-                    reason: "message too big".into(),
-                });
-            }
-            Ok(Some(Ok(message))) => {
+            next = socket.next(), if handling.is_none() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + gateway.options.idle_timeout);
+                let message = match next {
+                    None => break None,
+                    Some(Err(error)) => {
+                        // tungstenite reports a message past the size limit as a read error.
+                        let text = error.to_string().to_lowercase();
+                        let too_big = text.contains("too long")
+                            || text.contains("too big")
+                            || text.contains("limit");
+                        tracing::info!(connection_id, %error, "websocket read failed");
+                        break if too_big { close_frame(close_code::SIZE, "message too big") } else { None };
+                    }
+                    Some(Ok(message)) => message,
+                };
+                if !open {
+                    // Closing: only the client's answer to the close matters now.
+                    if matches!(message, Message::Close(_)) { break None; }
+                    continue;
+                }
                 gateway
                     .sockets
                     .touch(&connection_id, chrono::Utc::now().timestamp_millis());
-                match message {
-                    // Boxed: the handlers' state lives only while a frame is handled, not
-                    // inline in every idle connection's task (it made each one about 8 KB).
-                    Message::Text(text) => {
-                        Box::pin(dispatch(&gateway, &connection_id, text.to_string())).await
-                    }
+                // Boxed: the handlers' state lives only while a message is handled, not inline
+                // in every idle connection's task (it made each one about 8 KB).
+                handling = match message {
+                    Message::Text(text) => Some(Box::pin(dispatch(&gateway, &connection_id, text.to_string()))),
                     // API Gateway cannot select a route in a binary frame: it goes to $default.
-                    Message::Binary(bytes) => {
-                        Box::pin(dispatch(
-                            &gateway,
-                            &connection_id,
-                            String::from_utf8_lossy(&bytes).into_owned(),
-                        ))
-                        .await
-                    }
+                    Message::Binary(bytes) => Some(Box::pin(dispatch(
+                        &gateway,
+                        &connection_id,
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                    ))),
                     Message::Close(_) => break None,
-                    Message::Ping(_) | Message::Pong(_) => {}
-                }
+                    Message::Ping(_) | Message::Pong(_) => None,
+                };
             }
+            () = &mut idle, if handling.is_none() => break close_frame(close_code::AWAY, "idle timeout"),
+            () = &mut lifetime, if handling.is_none() => break close_frame(close_code::AWAY, "connection lifetime reached"),
+            () = async { let _ = closing.wait_for(|c| *c).await; }, if handling.is_none() => break close_frame(close_code::AWAY, "server shutting down"),
         }
     };
-    if let Some(frame) = close {
-        let _ = close_tx.send(frame);
+    // A write failed under a message being handled: let it finish (see `handling`).
+    if let Some(handling) = handling {
+        handling.await;
     }
     gateway.sockets.unregister(&connection_id);
+    drop(outbox);
+    if let (Some(frame), true) = (close, open) {
+        let _ = socket.send(Message::Close(Some(frame))).await;
+    }
+    let _ = socket.close().await;
     let disconnect = event(
         &gateway,
         "$disconnect",
@@ -261,7 +285,6 @@ async fn run_socket(
         QueryMap::default(),
     );
     Box::pin(chatrun_connect::handle(&gateway.services, disconnect)).await;
-    let _ = writer.await;
 }
 
 #[cfg(test)]
