@@ -23,11 +23,8 @@ const LONG_POLL: Duration = Duration::from_secs(2);
 /// Pollers receiving at once (the SQS event source mapping starts with five).
 const POLLERS: usize = 5;
 
-fn sqs_message(received: &ReceivedTurn, source_arn: &str) -> SqsMessage {
+fn sqs_message(received: ReceivedTurn, source_arn: &str) -> SqsMessage {
     let mut message = SqsMessage::default();
-    message.message_id = Some(received.message_id.clone());
-    message.receipt_handle = Some(received.receipt_handle.clone());
-    message.body = Some(received.body.clone());
     message.event_source = Some("aws:sqs".into());
     message.event_source_arn = Some(source_arn.into());
     message.aws_region = Some("local".into());
@@ -36,13 +33,16 @@ fn sqs_message(received: &ReceivedTurn, source_arn: &str) -> SqsMessage {
             "ApproximateReceiveCount".to_string(),
             received.receive_count.to_string(),
         ),
-        ("MessageGroupId".to_string(), received.group_id.clone()),
+        ("MessageGroupId".to_string(), received.group_id),
         (
             "MessageDeduplicationId".to_string(),
-            received.deduplication_id.clone(),
+            received.deduplication_id,
         ),
         ("SentTimestamp".to_string(), received.sent_at.to_string()),
     ]);
+    message.message_id = Some(received.message_id);
+    message.receipt_handle = Some(received.receipt_handle);
+    message.body = Some(received.body);
     message
 }
 
@@ -54,18 +54,26 @@ async fn invoke(
     source_arn: &str,
     batch: Vec<ReceivedTurn>,
 ) {
+    // Only the ids are kept for the clean-up: the records are run-turn's now.
+    let receipts: Vec<(String, String)> = batch
+        .iter()
+        .map(|m| (m.message_id.clone(), m.receipt_handle.clone()))
+        .collect();
     let mut event = SqsEvent::default();
-    event.records = batch.iter().map(|m| sqs_message(m, source_arn)).collect();
+    event.records = batch
+        .into_iter()
+        .map(|m| sqs_message(m, source_arn))
+        .collect();
     let response = chatrun_run_turn::handle(deps, event).await;
-    for message in &batch {
+    for (message_id, receipt_handle) in &receipts {
         let failed = response
             .batch_item_failures
             .iter()
-            .any(|f| f.item_identifier == message.message_id);
+            .any(|f| f.item_identifier == *message_id);
         if failed {
             continue;
         }
-        if let Err(error) = consumer.delete(queue, &message.receipt_handle).await {
+        if let Err(error) = consumer.delete(queue, receipt_handle).await {
             tracing::warn!(%error, "deleting a finished turn job failed; it will run again");
         }
     }

@@ -48,10 +48,58 @@ enum RecordResult {
     Retry,
 }
 
+/// What run-turn keeps of a record while its turn runs. The `SqsMessage` itself (its attribute
+/// maps, its body, its source's ARN) is read once and dropped: with a turn lasting seconds and
+/// thousands of turns in flight locally, it was about 1 KB per turn held for nothing.
+struct Record {
+    message_id: String,
+    receipt_handle: Option<String>,
+    queue: QueueName,
+    /// The FIFO message group (the chat).
+    group: Option<String>,
+    /// How many times it has been received, this time included.
+    receive_count: u32,
+    /// The turn job, or why the body is not one.
+    job: Result<TurnJob, String>,
+}
+
+impl Record {
+    fn read(deps: &RunTurnDeps, message: SqsMessage) -> Record {
+        let queue = if deps.dead_letter_source_arn.is_some()
+            && message.event_source_arn.as_deref() == deps.dead_letter_source_arn.as_deref()
+        {
+            QueueName::DeadLetters
+        } else {
+            QueueName::Turns
+        };
+        let job = match message.body.as_deref() {
+            Some(body) => serde_json::from_str(body).map_err(|e| e.to_string()),
+            None => Err("no body".into()),
+        };
+        Record {
+            receive_count: message
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1),
+            group: message.attributes.get("MessageGroupId").cloned(),
+            message_id: message.message_id.unwrap_or_default(),
+            receipt_handle: message.receipt_handle,
+            queue,
+            job,
+        }
+    }
+}
+
 /// Handles a batch, reporting the records to retry.
 pub async fn handle(deps: &RunTurnDeps, event: SqsEvent) -> SqsBatchResponse {
-    let lease = BatchLease::hold(deps, &event.records);
-    let groups = group_records(event.records);
+    let records: Vec<Record> = event
+        .records
+        .into_iter()
+        .map(|message| Record::read(deps, message))
+        .collect();
+    let lease = BatchLease::hold(deps, &records);
+    let groups = group_records(records);
     let failed: Vec<Vec<String>> =
         futures::future::join_all(groups.iter().map(|group| handle_group(deps, &lease, group)))
             .await;
@@ -64,58 +112,36 @@ pub async fn handle(deps: &RunTurnDeps, event: SqsEvent) -> SqsBatchResponse {
 }
 
 /// The batch's records by FIFO message group, in their order.
-fn group_records(records: Vec<SqsMessage>) -> Vec<Vec<SqsMessage>> {
-    let mut groups: Vec<(Option<String>, Vec<SqsMessage>)> = Vec::new();
+fn group_records(records: Vec<Record>) -> Vec<Vec<Record>> {
+    let mut groups: Vec<Vec<Record>> = Vec::new();
     for record in records {
-        let group = record.attributes.get("MessageGroupId").cloned();
-        match groups.iter_mut().find(|(g, _)| g.is_some() && *g == group) {
-            Some((_, records)) => records.push(record),
-            None => groups.push((group, vec![record])),
+        let same_group =
+            |g: &&mut Vec<Record>| record.group.is_some() && g[0].group == record.group;
+        match groups.iter_mut().find(same_group) {
+            Some(records) => records.push(record),
+            None => groups.push(vec![record]),
         }
     }
-    groups.into_iter().map(|(_, records)| records).collect()
+    groups
 }
 
 /// Runs one group's records in order; returns the ids to report as failures.
-async fn handle_group(
-    deps: &RunTurnDeps,
-    lease: &BatchLease,
-    records: &[SqsMessage],
-) -> Vec<String> {
+async fn handle_group(deps: &RunTurnDeps, lease: &BatchLease, records: &[Record]) -> Vec<String> {
     let mut failed = Vec::new();
     for record in records {
-        let message_id = record.message_id.clone().unwrap_or_default();
         if !failed.is_empty() {
             // An earlier turn of this chat will run again first: this one must wait for it.
             lease.back_off(record, Duration::ZERO).await;
-            failed.push(message_id);
+            failed.push(record.message_id.clone());
             continue;
         }
         match handle_record(deps, lease, record).await {
-            RecordResult::Retry => failed.push(message_id),
+            RecordResult::Retry => failed.push(record.message_id.clone()),
             // Gone from the queue now, so this chat's next turn can start at once.
             RecordResult::Done => lease.acknowledge(record).await,
         }
     }
     failed
-}
-
-fn queue_of(deps: &RunTurnDeps, record: &SqsMessage) -> QueueName {
-    if deps.dead_letter_source_arn.is_some()
-        && record.event_source_arn.as_deref() == deps.dead_letter_source_arn.as_deref()
-    {
-        QueueName::DeadLetters
-    } else {
-        QueueName::Turns
-    }
-}
-
-fn receive_count(record: &SqsMessage) -> u32 {
-    record
-        .attributes
-        .get("ApproximateReceiveCount")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
 }
 
 /// How long a job that failed for a passing reason waits before its next attempt.
@@ -124,25 +150,21 @@ fn backoff(base: Duration, receive_count: u32) -> Duration {
     doubled.min(Duration::from_secs(30))
 }
 
-async fn handle_record(
-    deps: &RunTurnDeps,
-    lease: &BatchLease,
-    record: &SqsMessage,
-) -> RecordResult {
-    let message_id = record.message_id.as_deref().unwrap_or_default();
-    let queue = queue_of(deps, record);
-    let job: TurnJob = match record.body.as_deref().map(serde_json::from_str) {
-        Some(Ok(job)) => job,
-        other => {
+async fn handle_record(deps: &RunTurnDeps, lease: &BatchLease, record: &Record) -> RecordResult {
+    let message_id = record.message_id.as_str();
+    let queue = record.queue;
+    let job = match &record.job {
+        Ok(job) => job,
+        Err(error) => {
             // Not a turn job: no retry can make it one, and it names no turn to end.
-            tracing::error!(message_id, error = ?other.map(|r| r.err()), "not a turn job; dropped");
+            tracing::error!(message_id, error, "not a turn job; dropped");
             return RecordResult::Done;
         }
     };
     let s = &deps.services;
     let result = match queue {
-        QueueName::DeadLetters => turn::fail_turn(s, &job).await,
-        QueueName::Turns => turn::run_turn(s, deps.model.as_ref(), &job).await,
+        QueueName::DeadLetters => turn::fail_turn(s, job).await,
+        QueueName::Turns => turn::run_turn(s, deps.model.as_ref(), job).await,
     };
     let error = match result {
         Ok(TurnOutcome::Completed) => {
@@ -156,14 +178,14 @@ async fn handle_record(
         Err(error) => error,
     };
     if error.is_retryable() {
-        let wait = backoff(s.settings.retry_backoff, receive_count(record));
+        let wait = backoff(s.settings.retry_backoff, record.receive_count);
         tracing::warn!(message_id, chat_id = %job.chat_id, %error, ?wait, "turn failed; retrying after a backoff");
         lease.back_off(record, wait).await;
         return RecordResult::Retry;
     }
     tracing::error!(message_id, chat_id = %job.chat_id, %error, "turn failed for good; ending it");
     let text = "Something went wrong with this reply. Please regenerate it.";
-    match turn::end_turn_with_error(s, &job, text, None).await {
+    match turn::end_turn_with_error(s, job, text, None).await {
         Ok(_) => RecordResult::Done,
         Err(end_error) => {
             // Could not even end it: leave it to redelivery and, at last, the dead-letter queue.
@@ -171,7 +193,7 @@ async fn handle_record(
             lease
                 .back_off(
                     record,
-                    backoff(s.settings.retry_backoff, receive_count(record)),
+                    backoff(s.settings.retry_backoff, record.receive_count),
                 )
                 .await;
             RecordResult::Retry
@@ -197,11 +219,11 @@ struct BatchLease {
 
 impl BatchLease {
     /// Starts setting every record's visibility to the lease, and renewing it.
-    fn hold(deps: &RunTurnDeps, records: &[SqsMessage]) -> BatchLease {
+    fn hold(deps: &RunTurnDeps, records: &[Record]) -> BatchLease {
         let lease = deps.services.settings.turn_lease;
         let held: HashSet<(QueueName, String)> = records
             .iter()
-            .filter_map(|r| Some((queue_of(deps, r), r.receipt_handle.clone()?)))
+            .filter_map(|r| Some((r.queue, r.receipt_handle.clone()?)))
             .collect();
         let visibility = deps.visibility.clone();
         let held = Arc::new(tokio::sync::Mutex::new(held));
@@ -224,18 +246,13 @@ impl BatchLease {
     }
 
     /// Stops holding a record: no renewal touches it after this.
-    async fn let_go(&self, record: &SqsMessage) -> Option<(QueueName, String)> {
-        let receipt = record.receipt_handle.clone()?;
-        let mut held = self.held.lock().await;
-        let key = held.iter().find(|(_, r)| *r == receipt).cloned();
-        if let Some(key) = &key {
-            held.remove(key);
-        }
-        key
+    async fn let_go(&self, record: &Record) -> Option<(QueueName, String)> {
+        let key = (record.queue, record.receipt_handle.clone()?);
+        self.held.lock().await.take(&key)
     }
 
     /// Deletes a finished record now (the invocation's response reports it as a success too).
-    async fn acknowledge(&self, record: &SqsMessage) {
+    async fn acknowledge(&self, record: &Record) {
         if let Some((queue, receipt)) = self.let_go(record).await
             && let Err(error) = self.visibility.acknowledge(queue, &receipt).await
         {
@@ -244,7 +261,7 @@ impl BatchLease {
     }
 
     /// Stops holding a record and makes it visible again after `wait`.
-    async fn back_off(&self, record: &SqsMessage, wait: Duration) {
+    async fn back_off(&self, record: &Record, wait: Duration) {
         if let Some((queue, receipt)) = self.let_go(record).await
             && let Err(error) = self.visibility.set_visibility(queue, &receipt, wait).await
         {
@@ -294,11 +311,15 @@ mod tests {
         assert_eq!(backoff(base, 40), Duration::from_secs(30));
     }
 
-    fn record(id: &str, group: &str) -> SqsMessage {
-        let mut m = SqsMessage::default();
-        m.message_id = Some(id.into());
-        m.attributes.insert("MessageGroupId".into(), group.into());
-        m
+    fn record(id: &str, group: &str) -> Record {
+        Record {
+            message_id: id.into(),
+            receipt_handle: None,
+            queue: QueueName::Turns,
+            group: Some(group.into()),
+            receive_count: 1,
+            job: Err("not read".into()),
+        }
     }
 
     #[test]
@@ -311,7 +332,7 @@ mod tests {
         ]);
         let ids: Vec<Vec<&str>> = groups
             .iter()
-            .map(|g| g.iter().map(|r| r.message_id.as_deref().unwrap()).collect())
+            .map(|g| g.iter().map(|r| r.message_id.as_str()).collect())
             .collect();
         assert_eq!(ids, [vec!["1", "3"], vec!["2"], vec!["4"]]);
     }

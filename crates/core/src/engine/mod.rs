@@ -103,12 +103,17 @@ impl Services {
 
     /// Posts one frame to every subscriber of a chat, concurrently. Subscriptions of gone
     /// connections are dropped; the caller goes on regardless.
-    pub async fn fan_out(&self, chat_id: &ChatId, subscribers: &[String], frame: &ServerFrame) {
+    pub async fn fan_out<'a>(
+        &self,
+        chat_id: &ChatId,
+        subscribers: &'a [String],
+        frame: &ServerFrame,
+    ) {
         if subscribers.is_empty() {
             return;
         }
         let text = frame.to_json();
-        let posts = subscribers.iter().map(|id| {
+        let post = |id: &'a String| {
             let text = &text;
             async move {
                 match self.connections.post(id, text).await {
@@ -118,10 +123,17 @@ impl Services {
                             tracing::warn!(connection_id = %id, error = %e, "could not drop a gone subscriber");
                         }
                     }
-                    Err(e) => tracing::warn!(connection_id = %id, error = %e, "post to subscriber failed"),
+                    Err(e) => {
+                        tracing::warn!(connection_id = %id, error = %e, "post to subscriber failed")
+                    }
                 }
             }
-        });
-        futures::future::join_all(posts).await;
+        };
+        // One subscriber (one tab) is the common case: no list of posts to build per frame.
+        if let [only] = subscribers {
+            post(only).await;
+        } else {
+            futures::future::join_all(subscribers.iter().map(post)).await;
+        }
     }
 }

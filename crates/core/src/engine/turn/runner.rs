@@ -110,14 +110,17 @@ pub async fn run_turn(
     job: &TurnJob,
 ) -> Result<TurnOutcome, ChatError> {
     let chat_id = &job.chat_id;
-    let Some(session) = claim(s, job).await? else {
+    // The steps before and after the stream are boxed: a future holds the state of every step
+    // inline, and thousands of turns stream at once, so the turn's own future keeps only what
+    // streaming needs (3.3 KB a turn before, 1.9 KB after).
+    let Some(session) = Box::pin(claim(s, job)).await? else {
         return Ok(TurnOutcome::Dropped("stale or finished job"));
     };
     // Three independent reads, asked at once: each is a round trip to the store, and they are
     // all on the way to the first token.
     let (chat, context, earlier) = futures::try_join!(
         s.store.get_chat(chat_id),
-        turn_context(
+        Box::pin(turn_context(
             s.store.as_ref(),
             job,
             s.settings.context_tokens,
@@ -125,7 +128,7 @@ pub async fn run_turn(
                 messages: HISTORY_PAGE_DEFAULT,
                 bytes: HISTORY_PAGE_MAX_BYTES,
             },
-        ),
+        )),
         s.store
             .events_after(&job.run_id, session.turn_start_event_id - 1, s.now()),
     )?;
@@ -137,14 +140,14 @@ pub async fn run_turn(
         TurnContext::AlreadyAnswered => {
             // A previous attempt stored the reply and died before updating the session.
             let last = s.store.last_event_id(&job.run_id, s.now()).await?;
-            complete(
+            Box::pin(complete(
                 s,
                 job,
                 &chat.owner_id,
                 None,
                 last.max(session.turn_start_event_id - 1),
                 None,
-            )
+            ))
             .await?;
             return Ok(TurnOutcome::Dropped("reply already stored"));
         }
@@ -163,7 +166,7 @@ pub async fn run_turn(
     if sink.adopt(&earlier) {
         // A previous attempt crashed mid-stream. Its frames were seen by clients, so they stay;
         // the turn ends with an error rather than a second, different reply.
-        return finish_adopted(
+        return Box::pin(finish_adopted(
             s,
             job,
             &chat.owner_id,
@@ -171,7 +174,7 @@ pub async fn run_turn(
             builder.already_started(),
             "The reply was interrupted. Please regenerate it.",
             None,
-        )
+        ))
         .await;
     }
 
@@ -205,7 +208,7 @@ pub async fn run_turn(
             builder.error(&model_error_text(&error));
             return match flush(&mut builder, &mut sink).await? {
                 Flow::Lost => Ok(TurnOutcome::Dropped("another worker owns the turn")),
-                _ => finish(s, job, &chat.owner_id, sink).await,
+                _ => Box::pin(finish(s, job, &chat.owner_id, sink)).await,
             };
         }
         Err(error) => return Err(retry_later(format!("model: {error}"))),
@@ -227,7 +230,7 @@ pub async fn run_turn(
             _ = tokio::time::sleep_until(wake) => {
                 let flow = if Instant::now() >= stalls_at {
                     let error = ModelError::Stream(format!("no data for {} s", stall.as_secs()));
-                    match model_failed(&mut builder, &mut sink, error).await? {
+                    match Box::pin(model_failed(&mut builder, &mut sink, error)).await? {
                         Some(flow) => flow,
                         None => return Err(retry_later("model: stalled before its first token".into())),
                     }
@@ -236,7 +239,7 @@ pub async fn run_turn(
                 } else {
                     match sink.read_signal().await? {
                         Signal::Continue => Flow::Continue,
-                        Signal::StopRequested(shown) => abort(&mut builder, &mut sink, shown).await?,
+                        Signal::StopRequested(shown) => Box::pin(abort(&mut builder, &mut sink, shown)).await?,
                         Signal::Lost => Flow::Lost,
                     }
                 };
@@ -257,7 +260,8 @@ pub async fn run_turn(
                 );
                 break flush(&mut builder, &mut sink).await?;
             }
-            Some(Err(error)) => match model_failed(&mut builder, &mut sink, error).await? {
+            Some(Err(error)) => match Box::pin(model_failed(&mut builder, &mut sink, error)).await?
+            {
                 Some(flow) => break flow,
                 None => return Err(retry_later("model: failed before its first token".into())),
             },
@@ -287,7 +291,7 @@ pub async fn run_turn(
     if flow == Flow::Lost {
         return Ok(TurnOutcome::Dropped("another worker owns the turn"));
     }
-    finish(s, job, &chat.owner_id, sink).await
+    Box::pin(finish(s, job, &chat.owner_id, sink)).await
 }
 
 /// A model failure mid-turn. Before anything was persisted a retry starts the turn cleanly, so
