@@ -108,6 +108,34 @@ pub struct SqliteTurnQueue {
     /// Turn messages a send received on behalf of a waiting receive, in the send's own
     /// operation, and when ([`SqliteTurnQueue::send_raw`]).
     handed: Mutex<VecDeque<(ReceivedTurn, std::time::Instant)>>,
+    /// Messages this queue deleted lately, by seq (never reused: `AUTOINCREMENT`). Each
+    /// finished turn is deleted twice, by run-turn as soon as it is done (so the chat's next
+    /// turn can start) and by the event source mapping with its batch, as on AWS; the second
+    /// is answered from here instead of costing the writer a `DELETE` that finds nothing.
+    deleted: Mutex<RecentlyDeleted>,
+}
+
+/// The last [`REMEMBERED_DELETES`] seqs deleted, oldest first out.
+#[derive(Default)]
+struct RecentlyDeleted {
+    seqs: HashSet<i64>,
+    order: VecDeque<i64>,
+}
+
+/// Enough for every turn in flight at once many times over; 16 bytes each.
+const REMEMBERED_DELETES: usize = 4096;
+
+impl RecentlyDeleted {
+    fn remember(&mut self, seq: i64) {
+        if self.seqs.insert(seq) {
+            self.order.push_back(seq);
+        }
+        if self.order.len() > REMEMBERED_DELETES
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seqs.remove(&oldest);
+        }
+    }
 }
 
 impl SqliteTurnQueue {
@@ -159,6 +187,7 @@ impl SqliteTurnQueue {
             looks: std::sync::atomic::AtomicU64::new(0),
             waiting: Arc::default(),
             handed: Mutex::default(),
+            deleted: Mutex::default(),
         }
     }
 
@@ -611,8 +640,12 @@ impl TurnQueueConsumer for SqliteTurnQueue {
         let Some(seq) = receipt_seq(receipt_handle) else {
             return Ok(());
         };
+        if lock(&self.deleted).seqs.contains(&seq) {
+            return Ok(());
+        }
         let receipt_handle = receipt_handle.to_owned();
-        self.db
+        let deleted = self
+            .db
             .call(move |c| {
                 c.execute_cached(
                     "DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
@@ -621,8 +654,13 @@ impl TurnQueueConsumer for SqliteTurnQueue {
                 .map_err(queue_error)
             })
             .await?;
-        // The next message of its group may now be handed out.
-        self.wake(queue);
+        // Only a delete that took its message changes anything: an outdated receipt's leaves
+        // the message, to be deleted (and remembered) under its current receipt.
+        if deleted > 0 {
+            lock(&self.deleted).remember(seq);
+            // The next message of its group may now be handed out.
+            self.wake(queue);
+        }
         Ok(())
     }
 
@@ -687,6 +725,54 @@ impl JobVisibility for SqliteTurnQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_second_delete_of_a_message_is_answered_without_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteTurnQueue::open(dir.path().join("q.sqlite3"), Duration::ZERO, 5).unwrap();
+        queue.send_raw("g", "d1", "{}").await.unwrap();
+        queue.send_raw("h", "d2", "{}").await.unwrap();
+        let take = || queue.receive(QueueName::Turns, 1, Duration::from_secs(1));
+        let first = take().await.unwrap().remove(0);
+        // Visible again at once: an outdated receipt deletes nothing and is not remembered.
+        let again = take().await.unwrap().remove(0);
+        assert_eq!(again.message_id, first.message_id);
+        queue
+            .delete(QueueName::Turns, &first.receipt_handle)
+            .await
+            .unwrap();
+        assert_eq!(queue.depth(QueueName::Turns).await.unwrap(), 2);
+        queue
+            .delete(QueueName::Turns, &again.receipt_handle)
+            .await
+            .unwrap();
+        assert_eq!(queue.depth(QueueName::Turns).await.unwrap(), 1);
+
+        // With the file closed, only what is remembered can still answer.
+        queue.close();
+        queue
+            .delete(QueueName::Turns, &again.receipt_handle)
+            .await
+            .expect("the second delete of a deleted message needs no file");
+        let other = format!("{}.x", receipt_seq(&again.receipt_handle).unwrap() + 1);
+        assert!(
+            queue.delete(QueueName::Turns, &other).await.is_err(),
+            "a message not known deleted still goes to the file"
+        );
+    }
+
+    #[test]
+    fn the_deletes_remembered_are_bounded() {
+        let mut deleted = RecentlyDeleted::default();
+        for seq in 0..(REMEMBERED_DELETES as i64 + 10) {
+            deleted.remember(seq);
+        }
+        deleted.remember(20);
+        assert_eq!(deleted.order.len(), REMEMBERED_DELETES);
+        assert_eq!(deleted.seqs.len(), REMEMBERED_DELETES);
+        assert!(!deleted.seqs.contains(&9), "the oldest are forgotten");
+        assert!(deleted.seqs.contains(&(REMEMBERED_DELETES as i64 + 9)));
+    }
 
     #[tokio::test]
     async fn a_receipt_acts_only_on_the_receive_that_gave_it() {
