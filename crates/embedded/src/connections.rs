@@ -4,20 +4,21 @@
 //! (a socket that does not read fills it and then answers `Transient`, as API Gateway throttles
 //! rather than blocking the poster).
 //!
-//! The outbox is a locked queue and a `Notify` rather than a tokio channel: a bounded channel
-//! allocates its shared state and its first block of slots up front, about 2 KB per open
-//! connection, while most connections hold at most a frame or two at a time. It also lets the
-//! socket task take every waiting frame at once and write them with one flush.
+//! The outbox is a locked queue and an `AtomicWaker` rather than a tokio channel: a bounded
+//! channel allocates its shared state and its first block of slots up front, about 2 KB per
+//! open connection, while most connections hold at most a frame or two at a time. It also lets
+//! the socket task take every waiting frame at once and write them with one flush.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use chatrun_core::domain::Millis;
 use chatrun_core::error::PostError;
 use chatrun_core::ports::Connections;
-use tokio::sync::Notify;
+use futures::task::AtomicWaker;
 
 /// Frames buffered per connection before posts answer `Transient`.
 const BUFFERED_FRAMES: usize = 1024;
@@ -42,8 +43,9 @@ pub struct ConnectionInfo {
 #[derive(Default)]
 struct Mailbox {
     frames: Mutex<VecDeque<Outbound>>,
-    /// Set once a frame is waiting (a stored permit when the socket task is busy).
-    ready: Notify,
+    /// The socket task, woken when a frame is posted. Registering is a compare and swap, no
+    /// lock: the task registers again each time it waits, once per frame it writes.
+    ready: AtomicWaker,
     /// The socket task dropped its outbox: posts answer `Gone`.
     closed: AtomicBool,
 }
@@ -56,11 +58,19 @@ pub struct Outbox {
 impl Outbox {
     /// Waits for the next frame.
     pub async fn recv(&mut self) -> Outbound {
-        loop {
-            if let Some(frame) = self.try_recv() {
-                return frame;
-            }
-            self.mailbox.ready.notified().await;
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next frame, or `Pending` with the task registered to be woken by the next post.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Outbound> {
+        if let Some(frame) = self.try_recv() {
+            return Poll::Ready(frame);
+        }
+        self.mailbox.ready.register(cx.waker());
+        // A frame posted between the look and the registration woke no one: look again.
+        match self.try_recv() {
+            Some(frame) => Poll::Ready(frame),
+            None => Poll::Pending,
         }
     }
 
@@ -165,7 +175,7 @@ impl InProcessConnections {
             }
             frames.push_back(outbound);
         }
-        mailbox.ready.notify_one();
+        mailbox.ready.wake();
         Ok(())
     }
 }

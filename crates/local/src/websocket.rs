@@ -202,9 +202,14 @@ async fn run_socket(
 ) {
     let mut outbox = gateway.sockets.register(connection_id.clone(), info);
     let mut closing = gateway.closing.subscribe();
+    // Made once, not per turn of the loop below: the loop turns once per frame written, and a
+    // fresh `wait_for` each time would take the watch's lock and join its waiters each time.
+    let shutdown = async move {
+        let _ = closing.wait_for(|c| *c).await;
+    };
     let lifetime = tokio::time::sleep(gateway.options.max_connection_age);
     let idle = tokio::time::sleep(gateway.options.idle_timeout);
-    tokio::pin!(lifetime, idle);
+    tokio::pin!(shutdown, lifetime, idle);
     // The message being handled. Reading waits for it, and nothing ends the connection under
     // it: a handler cut off half way could save a message and never queue its turn.
     let mut handling = None;
@@ -263,7 +268,7 @@ async fn run_socket(
             }
             () = &mut idle, if handling.is_none() => break close_frame(close_code::AWAY, "idle timeout"),
             () = &mut lifetime, if handling.is_none() => break close_frame(close_code::AWAY, "connection lifetime reached"),
-            () = async { let _ = closing.wait_for(|c| *c).await; }, if handling.is_none() => break close_frame(close_code::AWAY, "server shutting down"),
+            () = &mut shutdown, if handling.is_none() => break close_frame(close_code::AWAY, "server shutting down"),
         }
     };
     // A write failed under a message being handled: let it finish (see `handling`).
