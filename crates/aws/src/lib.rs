@@ -104,16 +104,11 @@ impl HttpClient for ConnectOnFirstRequest {
 /// same choice (`chatrun_models::openai`).
 fn trust_store() -> aws_smithy_http_client::tls::TrustStore {
     use aws_smithy_http_client::tls::TrustStore;
-    if system_roots_named() {
+    if chatrun_core::config::certificates_named_in_env() {
         TrustStore::default()
     } else {
         TrustStore::empty().with_pem_certificate(mozilla_roots_pem())
     }
-}
-
-/// Whether `SSL_CERT_FILE` or `SSL_CERT_DIR` is set (rustls-native-certs then reads only those).
-fn system_roots_named() -> bool {
-    std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some()
 }
 
 /// Mozilla's roots as one PEM bundle, the form the SDK's `TrustStore` takes.

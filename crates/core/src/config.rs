@@ -469,6 +469,13 @@ pub fn offline_reply_tokens_from_env() -> Result<Option<usize>, ConfigError> {
     }
 }
 
+/// Whether `SSL_CERT_FILE` or `SSL_CERT_DIR` is set. The HTTPS clients (the AWS SDK's and the
+/// model's) then trust exactly what those name, as rustls-native-certs reads them, instead of
+/// Mozilla's roots compiled in: how to trust a private CA or a local server's own certificate.
+pub fn certificates_named_in_env() -> bool {
+    std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some()
+}
+
 /// Names of the AWS resources, for the Lambda functions and `chatrun serve --backend aws`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AwsSettings {

@@ -63,9 +63,7 @@ impl OpenAiModel {
 /// The AWS SDK's client makes the same choice (`chatrun_aws::sdk_config_loader`).
 fn http_client() -> reqwest_openai::Client {
     let mut builder = reqwest_openai::Client::builder();
-    let system_roots_named =
-        std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some();
-    if !system_roots_named {
+    if !chatrun_core::config::certificates_named_in_env() {
         builder =
             builder.tls_certs_only(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().map(|cert| {
                 reqwest_openai::Certificate::from_der(cert)
