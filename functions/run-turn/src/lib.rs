@@ -100,10 +100,14 @@ pub async fn handle(deps: &RunTurnDeps, event: SqsEvent) -> SqsBatchResponse {
         .collect();
     let lease = BatchLease::hold(deps, &records);
     let groups = group_records(records);
-    let failed: Vec<Vec<String>> =
-        futures::future::join_all(groups.iter().map(|group| handle_group(deps, &lease, group)))
-            .await;
-    lease.release();
+    let turns =
+        futures::future::join_all(groups.iter().map(|group| handle_group(deps, &lease, group)));
+    // The lease is renewed beside the turns, in this task rather than a task of its own (one
+    // more task per batch, and locally a batch is often one turn): the renewals end with them.
+    let failed: Vec<Vec<String>> = tokio::select! {
+        failed = turns => failed,
+        never = lease.renew() => match never {},
+    };
     let mut response = SqsBatchResponse::default();
     for message_id in failed.into_iter().flatten() {
         response.add_failure(message_id);
@@ -212,36 +216,38 @@ async fn handle_record(deps: &RunTurnDeps, lease: &BatchLease, record: &Record) 
 /// so a renewal can never land after a backoff and undo it.
 struct BatchLease {
     visibility: Arc<dyn JobVisibility>,
+    /// How long each renewal holds the records.
+    lease: Duration,
     /// The records still held: (queue, receipt handle).
-    held: Arc<tokio::sync::Mutex<HashSet<(QueueName, String)>>>,
-    renewer: Option<tokio::task::JoinHandle<()>>,
+    held: tokio::sync::Mutex<HashSet<(QueueName, String)>>,
 }
 
 impl BatchLease {
-    /// Starts setting every record's visibility to the lease, and renewing it.
+    /// The lease on every record of the batch; [`BatchLease::renew`] keeps it.
     fn hold(deps: &RunTurnDeps, records: &[Record]) -> BatchLease {
-        let lease = deps.services.settings.turn_lease;
         let held: HashSet<(QueueName, String)> = records
             .iter()
             .filter_map(|r| Some((r.queue, r.receipt_handle.clone()?)))
             .collect();
-        let visibility = deps.visibility.clone();
-        let held = Arc::new(tokio::sync::Mutex::new(held));
-        let renewer = {
-            let visibility = visibility.clone();
-            let held = held.clone();
-            tokio::spawn(async move {
-                let period = (lease / 3).max(Duration::from_millis(100));
-                loop {
-                    renew(visibility.as_ref(), &*held.lock().await, lease).await;
-                    tokio::time::sleep(period).await;
-                }
-            })
-        };
         BatchLease {
-            visibility,
-            held,
-            renewer: Some(renewer),
+            visibility: deps.visibility.clone(),
+            lease: deps.services.settings.turn_lease,
+            held: tokio::sync::Mutex::new(held),
+        }
+    }
+
+    /// Sets every held record's visibility to the lease at once, then again every third of
+    /// the lease, until dropped (when the batch's turns are done).
+    async fn renew(&self) -> std::convert::Infallible {
+        let period = (self.lease / 3).max(Duration::from_millis(100));
+        loop {
+            renew(
+                self.visibility.as_ref(),
+                &*self.held.lock().await,
+                self.lease,
+            )
+            .await;
+            tokio::time::sleep(period).await;
         }
     }
 
@@ -266,21 +272,6 @@ impl BatchLease {
             && let Err(error) = self.visibility.set_visibility(queue, &receipt, wait).await
         {
             tracing::warn!(%error, "could not set a failed job's backoff; it comes back after its lease");
-        }
-    }
-
-    /// Stops renewing: the records are deleted (done) or come back after their backoff.
-    fn release(mut self) {
-        if let Some(renewer) = self.renewer.take() {
-            renewer.abort();
-        }
-    }
-}
-
-impl Drop for BatchLease {
-    fn drop(&mut self) {
-        if let Some(renewer) = self.renewer.take() {
-            renewer.abort();
         }
     }
 }
