@@ -276,7 +276,6 @@ async fn run_socket(
         handling.await;
     }
     gateway.sockets.unregister(&connection_id);
-    drop(outbox);
     if let (Some(frame), true) = (close, open) {
         let _ = socket.send(Message::Close(Some(frame))).await;
     }

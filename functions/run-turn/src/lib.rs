@@ -241,12 +241,19 @@ impl BatchLease {
     async fn renew(&self) -> std::convert::Infallible {
         let period = (self.lease / 3).max(Duration::from_millis(100));
         loop {
-            renew(
-                self.visibility.as_ref(),
-                &*self.held.lock().await,
-                self.lease,
-            )
-            .await;
+            // Under the lock for the length of the requests: see the type's comment.
+            let held = self.held.lock().await;
+            let calls = held.iter().map(|(queue, receipt)| async move {
+                if let Err(error) = self
+                    .visibility
+                    .set_visibility(*queue, receipt, self.lease)
+                    .await
+                {
+                    tracing::warn!(%error, "could not renew a turn job's visibility");
+                }
+            });
+            futures::future::join_all(calls).await;
+            drop(held);
             tokio::time::sleep(period).await;
         }
     }
@@ -274,19 +281,6 @@ impl BatchLease {
             tracing::warn!(%error, "could not set a failed job's backoff; it comes back after its lease");
         }
     }
-}
-
-async fn renew(
-    visibility: &dyn JobVisibility,
-    held: &HashSet<(QueueName, String)>,
-    lease: Duration,
-) {
-    let calls = held.iter().map(|(queue, receipt)| async move {
-        if let Err(error) = visibility.set_visibility(*queue, receipt, lease).await {
-            tracing::warn!(%error, "could not renew a turn job's visibility");
-        }
-    });
-    futures::future::join_all(calls).await;
 }
 
 #[cfg(test)]
