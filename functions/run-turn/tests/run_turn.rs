@@ -241,7 +241,15 @@ async fn a_retry_after_a_crash_mid_stream_keeps_what_streamed_and_ends_with_an_e
     let job = send(&h, "chat-crash", "u1").await;
     let chat = ChatId::parse("chat-crash").unwrap();
     let session = h.t.store.get_session(&chat).await.unwrap().unwrap();
-    // What a crashed attempt had persisted (and posted) before dying.
+    // What a crashed attempt had done before dying: claimed the turn, then persisted (and
+    // posted) its first frame.
+    let mut claimed = session.clone();
+    claimed.attempts += 1;
+    let session =
+        h.t.store
+            .put_session(&claimed, Some(session.version))
+            .await
+            .unwrap();
     let partial = vec![
         UIMessageChunk::Start {
             message_id: Some(job.assistant_message_id.clone()),

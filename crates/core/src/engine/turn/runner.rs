@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::super::Services;
 use super::chunks::ChunkBuilder;
-use super::session::{claim, finish_turn, runs};
+use super::session::{claim, finish_turn};
 use super::sink::{FrameSink, Signal};
 use crate::chunk::FinishReason;
 use crate::config::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX_BYTES};
@@ -113,12 +113,11 @@ pub async fn run_turn(
     // The steps before and after the stream are boxed: a future holds the state of every step
     // inline, and thousands of turns stream at once, so the turn's own future keeps only what
     // streaming needs (3.3 KB a turn before, 2.0 KB after).
-    let Some(session) = Box::pin(claim(s, job)).await? else {
-        return Ok(TurnOutcome::Dropped("stale or finished job"));
-    };
-    // Three independent reads, asked at once: each is a round trip to the store, and they are
-    // all on the way to the first token.
-    let (chat, context, earlier) = futures::try_join!(
+    // The claim and the two reads the turn needs are asked at once: each is a round trip to
+    // the store, all on the way to the first token, and the reads change nothing (a stale
+    // job's are dropped with it).
+    let (claimed, chat, context) = futures::join!(
+        Box::pin(claim(s, job)),
         s.store.get_chat(chat_id),
         Box::pin(turn_context(
             s.store.as_ref(),
@@ -129,9 +128,21 @@ pub async fn run_turn(
                 bytes: HISTORY_PAGE_MAX_BYTES,
             },
         )),
+    );
+    let Some(session) = claimed? else {
+        return Ok(TurnOutcome::Dropped("stale or finished job"));
+    };
+    let (chat, context) = (chat?, context?);
+    // Frames of this turn exist only if an earlier attempt claimed it first (every attempt
+    // claims before it writes a frame, and `attempts` counts the claims): the first attempt,
+    // nearly every turn, skips the read.
+    let earlier = if session.attempts > 1 {
         s.store
-            .events_after(&job.run_id, session.turn_start_event_id - 1, s.now()),
-    )?;
+            .events_after(&job.run_id, session.turn_start_event_id - 1, s.now())
+            .await?
+    } else {
+        Vec::new()
+    };
     let Some(chat) = chat else {
         return Ok(TurnOutcome::Dropped("chat deleted"));
     };
@@ -359,12 +370,11 @@ pub async fn end_turn_with_error(
     error_text: &str,
     fail: Option<EndedReason>,
 ) -> Result<TurnOutcome, ChatError> {
-    let Some(session) = s.store.get_session(&job.chat_id).await? else {
-        return Ok(TurnOutcome::Dropped("no session"));
-    };
-    if !runs(&session, job) {
+    // Claimed like an attempt before it writes a frame: `attempts` counts every writer of the
+    // turn's frames, which is what lets a first attempt skip looking for earlier ones.
+    let Some(session) = claim(s, job).await? else {
         return Ok(TurnOutcome::Dropped("turn already finished"));
-    }
+    };
     let Some(chat) = s.store.get_chat(&job.chat_id).await? else {
         return Ok(TurnOutcome::Dropped("chat deleted"));
     };
