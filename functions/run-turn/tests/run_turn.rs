@@ -228,6 +228,11 @@ async fn a_dead_letter_ends_the_turn_with_an_error_chunk_and_keeps_the_users_mes
     assert_eq!(messages[0].id, "u1");
     let session = h.t.store.get_session(&chat).await.unwrap().unwrap();
     assert!(!session.streaming);
+    assert_eq!(
+        session.attempts, 1,
+        "ending the turn with an error claims it like an attempt before writing its frames \
+         (a first attempt relies on that to skip looking for earlier frames)"
+    );
     // A late redelivery of the original job does nothing.
     let late = handle(&h.deps, batch(vec![job_record("m1", &job)])).await;
     assert!(late.batch_item_failures.is_empty());
