@@ -26,6 +26,26 @@ use crate::message::UIMessage;
 /// How many subscriptions one connection holds at most; subscribing to one more drops the oldest.
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 10;
 
+/// Why [`ChatStore::claim_with_message`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimWithMessageError {
+    /// The session write failed (`Conflict`: the session changed since it was read); nothing
+    /// was written.
+    #[error("claiming the turn: {0}")]
+    Session(StoreError),
+    /// The message was refused (as by `append_message`) and the session write undone with
+    /// it: nothing was written.
+    #[error("storing the message: {0}")]
+    Message(StoreError),
+    /// The session was written (`claimed`, as stored) but the message was refused: the
+    /// caller takes the claim back.
+    #[error("storing the message of a claimed turn: {error}")]
+    MessageAfterClaim {
+        claimed: Box<ChatSession>,
+        error: StoreError,
+    },
+}
+
 /// Durable state: chats, messages, sessions, stream events, connections and subscriptions.
 #[async_trait]
 pub trait ChatStore: Send + Sync {
@@ -125,6 +145,33 @@ pub trait ChatStore: Send + Sync {
         session: &ChatSession,
         expected_version: Option<u64>,
     ) -> Result<ChatSession, StoreError>;
+
+    /// A send's claim and its new message: writes `session` as [`ChatStore::put_session`]
+    /// does, then, only if that succeeded, appends `message` as
+    /// [`ChatStore::append_message`] does. A store that can make the two one atomic write
+    /// does (the embedded store: one transaction on its writer), so a refused message leaves
+    /// the session as it was; the default is the two writes in turn.
+    /// # Errors
+    /// [`ClaimWithMessageError`]: which write failed, and whether the claim stands.
+    async fn claim_with_message(
+        &self,
+        session: &ChatSession,
+        expected_version: Option<u64>,
+        message: &UIMessage,
+        now: Millis,
+    ) -> Result<ChatSession, ClaimWithMessageError> {
+        let claimed = self
+            .put_session(session, expected_version)
+            .await
+            .map_err(ClaimWithMessageError::Session)?;
+        match self.append_message(&session.chat_id, message, now).await {
+            Ok(()) => Ok(claimed),
+            Err(error) => Err(ClaimWithMessageError::MessageAfterClaim {
+                claimed: Box::new(claimed),
+                error,
+            }),
+        }
+    }
 
     /// Persists a stream event, exactly once per `(run_id, first_event_id)`.
     /// # Errors

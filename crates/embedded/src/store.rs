@@ -22,7 +22,9 @@ use chatrun_core::domain::{
 use chatrun_core::error::StoreError;
 use chatrun_core::history::{MessagePage, PageLimits, PageReader};
 use chatrun_core::message::UIMessage;
-use chatrun_core::ports::{ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION, TurnSignals};
+use chatrun_core::ports::{
+    ChatStore, ClaimWithMessageError, MAX_SUBSCRIPTIONS_PER_CONNECTION, TurnSignals,
+};
 use rusqlite::{OptionalExtension, params};
 
 use crate::Cached;
@@ -174,6 +176,13 @@ impl From<DbError> for StoreError {
             DbError::Commit(m) => StoreError::Transient(m),
             DbError::Closed | DbError::Panicked => StoreError::Backend(e.to_string()),
         }
+    }
+}
+
+/// The operation could not run or its commit failed: nothing was written, the claim included.
+impl From<DbError> for ClaimWithMessageError {
+    fn from(e: DbError) -> Self {
+        ClaimWithMessageError::Session(e.into())
     }
 }
 
@@ -398,6 +407,80 @@ fn live(subscribers: &[(String, Millis)], now: Millis) -> Vec<String> {
         .collect()
 }
 
+/// The session as `put_session` stores it (its version one past `expected_version`), and its
+/// JSON.
+fn versioned(
+    session: &ChatSession,
+    expected_version: Option<u64>,
+) -> Result<(ChatSession, String), StoreError> {
+    let mut stored = session.clone();
+    stored.version = expected_version.map_or(1, |v| v + 1);
+    let body = to_json(&stored)?;
+    Ok((stored, body))
+}
+
+/// Writes `stored` (made by [`versioned`]) if the stored session is at `expected_version`.
+fn write_session(
+    c: &rusqlite::Connection,
+    stored: &ChatSession,
+    body: &str,
+    expected_version: Option<u64>,
+) -> Result<(), StoreError> {
+    let chat_id = stored.chat_id.as_str();
+    let written = match expected_version {
+        None => c
+            .execute_cached(
+                "INSERT INTO sessions (chat_id, version, session) VALUES (?1, 1, ?2) ON CONFLICT (chat_id) DO NOTHING",
+                params![chat_id, body],
+            )
+            .map_err(store_error)?,
+        Some(v) => c
+            .execute_cached(
+                "UPDATE sessions SET version = ?3, session = ?2 WHERE chat_id = ?1 AND version = ?4",
+                params![chat_id, body, v as i64 + 1, v as i64],
+            )
+            .map_err(store_error)?,
+    };
+    if written == 0 {
+        return Err(StoreError::Conflict(format!(
+            "session of {chat_id} changed"
+        )));
+    }
+    Ok(())
+}
+
+/// Appends a message at the end of the chat's history and counts it on the chat.
+fn insert_message(
+    c: &rusqlite::Connection,
+    chat_id: &ChatId,
+    message_id: &str,
+    body: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let changed = c
+        .execute_cached(
+            "UPDATE chats SET updated_at = ?2, message_count = message_count + 1 WHERE id = ?1",
+            params![chat_id.as_str(), now],
+        )
+        .map_err(store_error)?;
+    if changed == 0 {
+        return Err(StoreError::NotFound(format!("chat {chat_id}")));
+    }
+    c.execute_cached(
+        "INSERT INTO messages (chat_id, seq, id, message, created_at)
+         VALUES (?1, (SELECT COALESCE(MAX(seq), -1) + 1 FROM messages WHERE chat_id = ?1), ?2, ?3, ?4)",
+        params![chat_id.as_str(), message_id, body, now],
+    )
+    .map_err(|e| {
+        if is_constraint(&e) {
+            StoreError::Conflict(format!("message {message_id} exists"))
+        } else {
+            store_error(e)
+        }
+    })?;
+    Ok(())
+}
+
 fn encode_cursor(updated_at: Millis, id: &str) -> String {
     format!("{updated_at}.{id}")
 }
@@ -568,31 +651,8 @@ impl ChatStore for SqliteChatStore {
         let body = to_json(message)?;
         let chat_id = chat_id.clone();
         let message_id = message.id.clone();
-        self.with(move |c| {
-            let changed = c
-                .execute_cached(
-                    "UPDATE chats SET updated_at = ?2, message_count = message_count + 1 WHERE id = ?1",
-                    params![chat_id.as_str(), now],
-                )
-                .map_err(store_error)?;
-            if changed == 0 {
-                return Err(StoreError::NotFound(format!("chat {chat_id}")));
-            }
-            c.execute_cached(
-                "INSERT INTO messages (chat_id, seq, id, message, created_at)
-                 VALUES (?1, (SELECT COALESCE(MAX(seq), -1) + 1 FROM messages WHERE chat_id = ?1), ?2, ?3, ?4)",
-                params![chat_id.as_str(), message_id, body, now],
-            )
-            .map_err(|e| {
-                if is_constraint(&e) {
-                    StoreError::Conflict(format!("message {message_id} exists"))
-                } else {
-                    store_error(e)
-                }
-            })?;
-            Ok(())
-        })
-        .await
+        self.with(move |c| insert_message(c, &chat_id, &message_id, &body, now))
+            .await
     }
 
     async fn messages(&self, chat_id: &ChatId) -> Result<Vec<UIMessage>, StoreError> {
@@ -697,33 +757,45 @@ impl ChatStore for SqliteChatStore {
         session: &ChatSession,
         expected_version: Option<u64>,
     ) -> Result<ChatSession, StoreError> {
-        let mut stored = session.clone();
-        stored.version = expected_version.map_or(1, |v| v + 1);
-        let body = to_json(&stored)?;
+        let (stored, body) = versioned(session, expected_version)?;
         let mirror = self.mirror.clone();
         self.with(move |c| {
-            let chat_id = stored.chat_id.as_str();
-            let written = match expected_version {
-                None => c
-                    .execute_cached(
-                        "INSERT INTO sessions (chat_id, version, session) VALUES (?1, 1, ?2) ON CONFLICT (chat_id) DO NOTHING",
-                        params![chat_id, body],
-                    )
-                    .map_err(store_error)?,
-                Some(v) => c
-                    .execute_cached(
-                        "UPDATE sessions SET version = ?3, session = ?2 WHERE chat_id = ?1 AND version = ?4",
-                        params![chat_id, body, v as i64 + 1, v as i64],
-                    )
-                    .map_err(store_error)?,
-            };
-            if written == 0 {
-                return Err(StoreError::Conflict(format!("session of {chat_id} changed")));
-            }
-            mirror_update(&mirror, chat_id, |signals| signals.session = Some(stored.clone()));
+            write_session(c, &stored, &body, expected_version)?;
+            mirror_update(&mirror, stored.chat_id.as_str(), |signals| {
+                signals.session = Some(stored.clone())
+            });
             Ok(stored)
         })
         .await
+    }
+
+    /// One operation on the writer: the session's write and the message's insert share a
+    /// savepoint, so a refused message undoes the claim with it.
+    async fn claim_with_message(
+        &self,
+        session: &ChatSession,
+        expected_version: Option<u64>,
+        message: &UIMessage,
+        now: Millis,
+    ) -> Result<ChatSession, ClaimWithMessageError> {
+        let (stored, body) =
+            versioned(session, expected_version).map_err(ClaimWithMessageError::Session)?;
+        let message_body = to_json(message).map_err(ClaimWithMessageError::Message)?;
+        let message_id = message.id.clone();
+        let mirror = self.mirror.clone();
+        self.db
+            .call(move |c| {
+                write_session(c, &stored, &body, expected_version)
+                    .map_err(ClaimWithMessageError::Session)?;
+                insert_message(c, &stored.chat_id, &message_id, &message_body, now)
+                    .map_err(ClaimWithMessageError::Message)?;
+                // Only now that both stand: a refused message rolls the session back too.
+                mirror_update(&mirror, stored.chat_id.as_str(), |signals| {
+                    signals.session = Some(stored.clone())
+                });
+                Ok(stored)
+            })
+            .await
     }
 
     async fn append_event(&self, event: &StreamEvent) -> Result<(), StoreError> {
@@ -882,6 +954,59 @@ fn chats_of(c: &rusqlite::Connection, connection_id: &str) -> Result<Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_refused_message_undoes_its_claim_in_the_file_and_the_mirror() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chatrun.sqlite3");
+        let store = SqliteChatStore::open(&path).unwrap();
+        let now = 1_800_000_000_000;
+        let chat = Chat {
+            id: ChatId::parse("chat-1").unwrap(),
+            owner_id: "u".into(),
+            title: "t".into(),
+            model: "m".into(),
+            created_at: now,
+            updated_at: now,
+            message_count: 0,
+        };
+        store.create_chat(&chat).await.unwrap();
+        let session: ChatSession = serde_json::from_value(serde_json::json!({
+            "chatId": "chat-1", "runId": "r1", "accessToken": "a", "lastEventId": 0,
+            "turns": 0, "status": "active", "endedReason": null, "streaming": true,
+            "turnStartEventId": 1, "assistantMessageId": "a1", "userMessageId": "m1",
+            "stopRequested": false, "turnStartedAt": now, "attempts": 0,
+            "expiresAt": now + 3_600_000, "version": 0
+        }))
+        .unwrap();
+        let message = UIMessage::user_text("m1", "hello");
+        let claimed = store
+            .claim_with_message(&session, None, &message, now)
+            .await
+            .unwrap();
+        let mut next = claimed.clone();
+        next.assistant_message_id = Some("a2".into());
+        let refused = store
+            .claim_with_message(&next, Some(claimed.version), &message, now)
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(ClaimWithMessageError::Message(StoreError::Conflict(_)))
+            ),
+            "one transaction: the claim is undone, not left standing ({refused:?})"
+        );
+        assert_eq!(store.get_session(&chat.id).await.unwrap().unwrap(), claimed);
+        store.close();
+        drop(store);
+        let reopened = SqliteChatStore::open(&path).unwrap();
+        assert_eq!(
+            reopened.get_session(&chat.id).await.unwrap().unwrap(),
+            claimed,
+            "the file holds the first claim only"
+        );
+        assert_eq!(reopened.messages(&chat.id).await.unwrap().len(), 1);
+    }
 
     #[tokio::test]
     async fn the_signals_after_each_frame_are_shared_until_something_changes() {

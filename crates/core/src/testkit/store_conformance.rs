@@ -8,7 +8,7 @@ use crate::domain::{Chat, ChatId, ChatSession, Connection, Grant, SessionStatus,
 use crate::error::StoreError;
 use crate::history::{MessagePage, PageLimits};
 use crate::message::UIMessage;
-use crate::ports::{ChatStore, MAX_SUBSCRIPTIONS_PER_CONNECTION};
+use crate::ports::{ChatStore, ClaimWithMessageError, MAX_SUBSCRIPTIONS_PER_CONNECTION};
 
 const NOW: i64 = 1_800_000_000_000;
 
@@ -88,6 +88,7 @@ pub async fn run_all<S: ChatStore + ?Sized>(store: &S) {
     history_pages(store).await;
     history_cursors(store).await;
     sessions(store).await;
+    claim_with_message(store).await;
     events(store).await;
     connections_and_subscriptions(store).await;
     delete_chat_removes_everything(store).await;
@@ -570,6 +571,62 @@ pub async fn sessions<S: ChatStore + ?Sized>(store: &S) {
     assert_eq!(
         store.get_session(&c.id).await.unwrap().unwrap().expires_at,
         NOW - 1
+    );
+}
+
+/// A send's claim and its message: both, or the claim alone only when the store says so.
+pub async fn claim_with_message<S: ChatStore + ?Sized>(store: &S) {
+    let c = chat("owner-claims", NOW);
+    store.create_chat(&c).await.unwrap();
+    let first = UIMessage::user_text("u1", "hello");
+    let claimed = store
+        .claim_with_message(&session(&c.id), None, &first, NOW + 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.version, 1);
+    assert_eq!(store.get_session(&c.id).await.unwrap().unwrap(), claimed);
+    let ids = |messages: Vec<UIMessage>| messages.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.messages(&c.id).await.unwrap()), ["u1"]);
+    let read = store.get_chat(&c.id).await.unwrap().unwrap();
+    assert_eq!((read.message_count, read.updated_at), (1, NOW + 1));
+
+    // A stale claim writes nothing, the message included.
+    let second = UIMessage::user_text("u2", "again");
+    let stale = store
+        .claim_with_message(&session(&c.id), Some(7), &second, NOW + 2)
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(ClaimWithMessageError::Session(StoreError::Conflict(_)))
+        ),
+        "{stale:?}"
+    );
+    assert_eq!(ids(store.messages(&c.id).await.unwrap()), ["u1"]);
+
+    // A message sent before: refused; the claim is undone with it, or stands and says so.
+    let mut next = claimed.clone();
+    next.assistant_message_id = Some("a2".into());
+    match store
+        .claim_with_message(&next, Some(1), &first, NOW + 3)
+        .await
+    {
+        Err(ClaimWithMessageError::Message(StoreError::Conflict(_))) => {
+            assert_eq!(store.get_session(&c.id).await.unwrap().unwrap(), claimed);
+        }
+        Err(ClaimWithMessageError::MessageAfterClaim {
+            claimed: written,
+            error: StoreError::Conflict(_),
+        }) => {
+            assert_eq!(written.version, 2);
+            assert_eq!(store.get_session(&c.id).await.unwrap().unwrap(), *written);
+        }
+        other => panic!("a message sent twice: {other:?}"),
+    }
+    assert_eq!(ids(store.messages(&c.id).await.unwrap()), ["u1"]);
+    assert_eq!(
+        store.get_chat(&c.id).await.unwrap().unwrap().message_count,
+        1
     );
 }
 

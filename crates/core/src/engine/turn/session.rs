@@ -5,6 +5,8 @@
 use super::super::{Services, limits};
 use crate::domain::{ChatId, ChatSession, Connection, EndedReason, Millis, SessionStatus, TurnJob};
 use crate::error::{ChatError, StoreError};
+use crate::message::UIMessage;
+use crate::ports::ClaimWithMessageError;
 
 /// How often a conditional session write is retried after losing a race.
 const CAS_ATTEMPTS: usize = 8;
@@ -28,19 +30,49 @@ fn streaming_conflict() -> ChatError {
     ChatError::Conflict("a reply is still streaming: stop it or wait for it".into())
 }
 
+/// Why `append_message` refused a send's message, as the sender sees it.
+pub fn message_refused(message_id: &str, error: StoreError) -> ChatError {
+    match error {
+        StoreError::Conflict(_) => {
+            ChatError::Conflict(format!("message {message_id} was already sent"))
+        }
+        e => e.into(),
+    }
+}
+
+/// The turn a send claims ([`begin_turn`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewTurn<'a> {
+    pub user_message_id: &'a str,
+    pub assistant_message_id: &'a str,
+    /// The model the turn answers with, fixed on the session by the claim.
+    pub model: &'a str,
+    /// A new user message, appended by the claim's own write (`None`: an edit or a
+    /// regeneration, which change the history once the turn is claimed).
+    pub message: Option<&'a UIMessage>,
+}
+
 /// Marks a turn as started: on the current session, or on a fresh one (new run id and access
 /// token) when there is none or it has ended, expired or lost its worker. This is the one step
 /// that decides which of two concurrent sends wins; the loser gets `conflict` before anything
 /// of its own is stored. The turn's model is fixed in the same write.
+///
+/// With a new user message (`turn.message`), the claim's write also appends it
+/// ([`crate::ports::ChatStore::claim_with_message`]: one write where the store allows): a
+/// refused message (`conflict`: already sent) leaves the turn unclaimed.
 pub async fn begin_turn(
     s: &Services,
     conn: &Connection,
     chat_id: &ChatId,
-    user_message_id: &str,
-    assistant_message_id: &str,
-    turn_model: &str,
+    turn: NewTurn<'_>,
     now: Millis,
 ) -> Result<ChatSession, ChatError> {
+    let NewTurn {
+        user_message_id,
+        assistant_message_id,
+        model: turn_model,
+        message,
+    } = turn;
     let idle = s.settings.session_idle.as_millis() as i64;
     for _ in 0..CAS_ATTEMPTS {
         let current = s.store.get_session(chat_id).await?;
@@ -100,15 +132,42 @@ pub async fn begin_turn(
                 }
             }
         };
-        match s.store.put_session(&next, expected).await {
+        let written = match message {
+            None => s
+                .store
+                .put_session(&next, expected)
+                .await
+                .map_err(ClaimWithMessageError::Session),
+            Some(message) => {
+                s.store
+                    .claim_with_message(&next, expected, message, now)
+                    .await
+            }
+        };
+        // A stale turn this write replaced frees its slot once the write stands.
+        let release_superseded = async {
+            if let Some(turn_id) = &superseded {
+                limits::release_turn_slot(s, &conn.owner_id, turn_id).await;
+            }
+        };
+        match written {
             Ok(stored) => {
-                if let Some(turn_id) = superseded {
-                    limits::release_turn_slot(s, &conn.owner_id, &turn_id).await;
-                }
+                release_superseded.await;
                 return Ok(stored);
             }
-            Err(StoreError::Conflict(_)) => continue,
-            Err(e) => return Err(e.into()),
+            Err(ClaimWithMessageError::Session(StoreError::Conflict(_))) => continue,
+            Err(ClaimWithMessageError::Session(e)) => return Err(e.into()),
+            Err(ClaimWithMessageError::Message(e)) => {
+                return Err(message_refused(user_message_id, e));
+            }
+            Err(ClaimWithMessageError::MessageAfterClaim { claimed, error }) => {
+                release_superseded.await;
+                if let Err(undo) = release_turn(s, &claimed, assistant_message_id).await {
+                    tracing::error!(chat_id = %chat_id, run_id = %claimed.run_id, assistant_message_id, error = %undo,
+                        "rollback: could not release a turn whose message was refused; it frees itself after the stale-turn limit");
+                }
+                return Err(message_refused(user_message_id, error));
+            }
         }
     }
     Err(ChatError::Conflict(
@@ -254,12 +313,20 @@ mod tests {
             &t.services,
             &connection(),
             chat,
-            user_message_id,
-            assistant_message_id,
-            "scripted",
+            new_turn(user_message_id, assistant_message_id),
             t.clock.now(),
         )
         .await
+    }
+
+    /// A turn on the scripted model without a new message.
+    fn new_turn<'a>(user_message_id: &'a str, assistant_message_id: &'a str) -> NewTurn<'a> {
+        NewTurn {
+            user_message_id,
+            assistant_message_id,
+            model: "scripted",
+            message: None,
+        }
     }
 
     fn connection() -> Connection {
@@ -289,8 +356,8 @@ mod tests {
         let now = t.clock.now();
         let (first, second) = (connection(), connection());
         let (a, b) = tokio::join!(
-            begin_turn(&t.services, &first, &chat, "u1", "a1", "scripted", now),
-            begin_turn(&t.services, &second, &chat, "u2", "a2", "scripted", now),
+            begin_turn(&t.services, &first, &chat, new_turn("u1", "a1"), now),
+            begin_turn(&t.services, &second, &chat, new_turn("u2", "a2"), now),
         );
         assert!(a.is_ok() ^ b.is_ok(), "exactly one wins: {a:?} / {b:?}");
         assert!(matches!(a.err().or(b.err()), Some(ChatError::Conflict(_))));

@@ -8,7 +8,9 @@
 //! refresh always shows it.
 
 use super::super::{Services, limits};
-use super::session::{begin_turn, is_stale, release_turn, update_session};
+use super::session::{
+    NewTurn, begin_turn, is_stale, message_refused, release_turn, update_session,
+};
 use crate::config::{MAX_TITLE_CHARS, is_valid_model_id};
 use crate::domain::{Chat, ChatId, Connection, Grant, Trigger, TurnJob};
 use crate::error::{ChatError, StoreError};
@@ -173,37 +175,60 @@ async fn start_turn(
     }
 
     let user_message_id = change.user_message().id.clone();
-    let session = begin_turn(
-        s,
-        conn,
-        chat_id,
-        &user_message_id,
-        &assistant_message_id,
-        turn_model,
-        now,
-    )
-    .await?;
-
-    // The turn is ours: now change the history, undoing the claim if that fails.
+    let subscribe = s
+        .store
+        .subscribe(chat_id, &conn.connection_id, now, conn.expires_at);
+    let turn = NewTurn {
+        user_message_id: &user_message_id,
+        assistant_message_id: &assistant_message_id,
+        model: turn_model,
+        message: None,
+    };
+    let (session, subscribed) = if let HistoryChange::Append(message) = &change {
+        // A new message is appended by the claim's own write, and the subscription is asked
+        // beside it: one commit of the store on the way to the ack instead of two. A
+        // subscription left by a refused send is the sender's own connection following its own
+        // chat (its owner was checked above), and it expires.
+        let (claimed, subscribed) = futures::join!(
+            begin_turn(
+                s,
+                conn,
+                chat_id,
+                NewTurn {
+                    message: Some(message),
+                    ..turn
+                },
+                now,
+            ),
+            subscribe,
+        );
+        (claimed?, subscribed)
+    } else {
+        let session = begin_turn(s, conn, chat_id, turn, now).await?;
+        // The turn is ours: now change the history, undoing the claim if that fails. The
+        // change and the subscription are independent writes, asked at once so they share
+        // the store's next commit.
+        let (applied, subscribed) =
+            futures::join!(apply_change(s, chat_id, &change, now), subscribe);
+        if let Err(error) = applied {
+            Undo {
+                session: &session,
+                assistant_message_id: &assistant_message_id,
+                appended: None,
+                previous_model: None,
+            }
+            .run(s)
+            .await;
+            return Err(error);
+        }
+        (session, subscribed)
+    };
     let mut undo = Undo {
         session: &session,
         assistant_message_id: &assistant_message_id,
         appended: None,
         previous_model: None,
     };
-    // The history change and the subscription are independent writes, asked at once so they
-    // share the store's next commit instead of taking one each on the way to the ack. A
-    // subscription left by a failed change is the sender's own connection following its own
-    // chat, and it expires.
-    let (applied, subscribed) = futures::join!(
-        apply_change(s, chat_id, &change, now),
-        s.store
-            .subscribe(chat_id, &conn.connection_id, now, conn.expires_at),
-    );
-    if let Err(error) = applied {
-        undo.run(s).await;
-        return Err(error);
-    }
     // What a later failure must take back besides the claim: a new message, not an edit's or
     // a regeneration's deletions (those cannot be undone, and the turn may be sent again).
     undo.appended =
@@ -399,31 +424,22 @@ fn regeneration(
     }
 }
 
-/// Applies the planned change, once the turn is claimed.
+/// Applies what is left of the planned change once the turn is claimed: a new message was
+/// already appended by the claim's own write ([`begin_turn`]).
 async fn apply_change(
     s: &Services,
     chat_id: &ChatId,
     change: &HistoryChange,
     now: crate::domain::Millis,
 ) -> Result<(), ChatError> {
-    let append = |message: &UIMessage| {
-        let message = message.clone();
-        async move {
-            match s.store.append_message(chat_id, &message, now).await {
-                Ok(()) => Ok(()),
-                Err(StoreError::Conflict(_)) => Err(ChatError::Conflict(format!(
-                    "message {} was already sent",
-                    message.id
-                ))),
-                Err(e) => Err(e.into()),
-            }
-        }
-    };
     match change {
-        HistoryChange::Append(message) => append(message).await,
+        HistoryChange::Append(_) => Ok(()),
         HistoryChange::Edit(message) => {
             s.store.delete_messages_from(chat_id, &message.id).await?;
-            append(message).await
+            s.store
+                .append_message(chat_id, message, now)
+                .await
+                .map_err(|e| message_refused(&message.id, e))
         }
         HistoryChange::Regenerate { plan, requested } => {
             // The history may have moved between the plan and the claim (another tab's turn
