@@ -30,6 +30,7 @@ use rusqlite::{OptionalExtension, params};
 use crate::Cached;
 use crate::db::{Committed, Database, DbError, Hooks};
 use crate::events::EventLog;
+use crate::lock;
 use crate::store_error;
 use crate::usage::Usage;
 
@@ -156,6 +157,40 @@ fn mirror_forget(mirror: &Mirror, chat_ids: &[String]) {
     }
 }
 
+/// Every record of the `connections` table (connections, and revocation floors stored as
+/// connection records), by id, kept by the writer thread in the order of its writes.
+/// `get_connection` is asked for every client frame, twice (the connection, then its owner's
+/// revocation floor, which most owners do not have): this makes both a map lookup instead of
+/// two round trips to the reader thread on the way to every `ack`. The store is the file's
+/// only writer ([`crate::db`]), so the map is the table, loaded whole when the file opens and
+/// again after a failed commit.
+#[derive(Clone, Default)]
+struct ConnectionRecords(Arc<Mutex<HashMap<String, Connection>>>);
+
+impl ConnectionRecords {
+    /// Replaces the map with the table's rows.
+    fn reload(&self, c: &rusqlite::Connection) -> rusqlite::Result<()> {
+        let mut stmt = c.prepare("SELECT id, connection FROM connections")?;
+        let mut rows = stmt.query([])?;
+        let mut records = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let (id, text): (String, String) = (row.get(0)?, row.get(1)?);
+            match serde_json::from_str::<Connection>(&text) {
+                Ok(connection) => {
+                    records.insert(id, connection);
+                }
+                // As `get_connection` read it before: a record it cannot parse is an error
+                // for that connection only, which then has to reconnect.
+                Err(error) => {
+                    tracing::warn!(id, %error, "a stored connection could not be read; it is ignored")
+                }
+            }
+        }
+        *lock(&self.0) = records;
+        Ok(())
+    }
+}
+
 /// The `ChatStore` on SQLite.
 pub struct SqliteChatStore {
     db: Database,
@@ -167,6 +202,7 @@ pub struct SqliteChatStore {
     mirror: Mirror,
     /// The limits' counters, decided in memory and written behind ([`crate::usage`]).
     usage: Usage,
+    connections: ConnectionRecords,
 }
 
 impl From<DbError> for StoreError {
@@ -236,6 +272,8 @@ impl SqliteChatStore {
         let forget_all = mirror.clone();
         let usage = Usage::default();
         let (load_usage, reload_usage) = (usage.clone(), usage.clone());
+        let connections = ConnectionRecords::default();
+        let (load_connections, reload_connections) = (connections.clone(), connections.clone());
         // The turn queue's tables live in this file too ([`SqliteTurnQueue::in_store`]).
         let schema = [SCHEMA, crate::queue::SCHEMA].concat();
         let db = Database::open(
@@ -245,7 +283,10 @@ impl SqliteChatStore {
             // the messages' last pages) fit in 1 MiB.
             1024,
             Hooks {
-                on_open: Box::new(move |c| load_usage.reload(c)),
+                on_open: Box::new(move |c| {
+                    load_usage.reload(c)?;
+                    load_connections.reload(c)
+                }),
                 after_batch: Box::new(move |c, committed| {
                     if committed == Committed::Yes {
                         return;
@@ -256,6 +297,9 @@ impl SqliteChatStore {
                     if let Err(error) = reload_usage.reload(c) {
                         tracing::error!(%error, "could not reload the usage counters after a failed commit");
                     }
+                    if let Err(error) = reload_connections.reload(c) {
+                        tracing::error!(%error, "could not reload the connections after a failed commit");
+                    }
                 }),
             },
         )?;
@@ -265,6 +309,7 @@ impl SqliteChatStore {
             events,
             mirror,
             usage,
+            connections,
         })
     }
 
@@ -817,14 +862,15 @@ impl ChatStore for SqliteChatStore {
 
     async fn put_connection(&self, connection: &Connection) -> Result<(), StoreError> {
         let body = to_json(connection)?;
-        let id = connection.connection_id.clone();
-        let expires_at = connection.expires_at;
+        let record = connection.clone();
+        let records = self.connections.clone();
         self.with(move |c| {
             c.execute_cached(
                 "INSERT OR REPLACE INTO connections (id, connection, expires_at) VALUES (?1, ?2, ?3)",
-                params![id, body, expires_at],
+                params![record.connection_id, body, record.expires_at],
             )
             .map_err(store_error)?;
+            lock(&records.0).insert(record.connection_id.clone(), record);
             Ok(())
         })
         .await
@@ -835,29 +881,21 @@ impl ChatStore for SqliteChatStore {
         connection_id: &str,
         now: Millis,
     ) -> Result<Option<Connection>, StoreError> {
-        let connection_id = connection_id.to_owned();
-        let text: Option<String> = self
-            .read(move |c| {
-                c.prepare_cached(
-                    "SELECT connection FROM connections WHERE id = ?1 AND expires_at > ?2",
-                )
-                .and_then(|mut stmt| {
-                    stmt.query_row(params![connection_id, now], |r| r.get(0))
-                        .optional()
-                })
-                .map_err(store_error)
-            })
-            .await?;
-        text.map(|t| from_json(&t)).transpose()
+        Ok(lock(&self.connections.0)
+            .get(connection_id)
+            .filter(|connection| connection.expires_at > now)
+            .cloned())
     }
 
     async fn delete_connection(&self, connection_id: &str) -> Result<(), StoreError> {
         let connection_id = connection_id.to_owned();
         let mirror = self.mirror.clone();
+        let records = self.connections.clone();
         self.with(move |c| {
             let chats = chats_of(c, &connection_id)?;
             c.execute_cached("DELETE FROM connections WHERE id = ?1", [&connection_id])
                 .map_err(store_error)?;
+            lock(&records.0).remove(&connection_id);
             c.execute_cached(
                 "DELETE FROM subscriptions WHERE connection_id = ?1",
                 [&connection_id],
@@ -954,6 +992,69 @@ fn chats_of(c: &rusqlite::Connection, connection_id: &str) -> Result<Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn connections_are_read_from_memory_and_the_file_keeps_them_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chatrun.sqlite3");
+        let now = 1_800_000_000_000;
+        let connection = |id: &str, expires_at| Connection {
+            connection_id: id.into(),
+            owner_id: "u".into(),
+            grant: chatrun_core::domain::Grant::User,
+            connected_at: now,
+            expires_at,
+        };
+        let store = SqliteChatStore::open(&path).unwrap();
+        store
+            .put_connection(&connection("k1", now + 10))
+            .await
+            .unwrap();
+        store
+            .put_connection(&connection("k2", now + 10))
+            .await
+            .unwrap();
+        store
+            .put_connection(&connection("k3", now + 10))
+            .await
+            .unwrap();
+        store.delete_connection("k3").await.unwrap();
+        // Replaced, as by a second `$connect` with the same id.
+        store
+            .put_connection(&connection("k2", now + 20))
+            .await
+            .unwrap();
+        // The reader would see the same (the file is the truth the map mirrors); close it to
+        // show the answers come from memory.
+        store.db.close();
+        assert_eq!(
+            store.get_connection("k1", now).await.unwrap(),
+            Some(connection("k1", now + 10))
+        );
+        assert_eq!(
+            store.get_connection("k1", now + 10).await.unwrap(),
+            None,
+            "expired"
+        );
+        assert_eq!(
+            store.get_connection("k2", now + 15).await.unwrap(),
+            Some(connection("k2", now + 20))
+        );
+        assert_eq!(store.get_connection("k3", now).await.unwrap(), None);
+        store.close();
+        drop(store);
+
+        let reopened = SqliteChatStore::open(&path).unwrap();
+        assert_eq!(
+            reopened.get_connection("k1", now).await.unwrap(),
+            Some(connection("k1", now + 10))
+        );
+        assert_eq!(
+            reopened.get_connection("k2", now + 15).await.unwrap(),
+            Some(connection("k2", now + 20))
+        );
+        assert_eq!(reopened.get_connection("k3", now).await.unwrap(), None);
+    }
 
     #[tokio::test]
     async fn a_refused_message_undoes_its_claim_in_the_file_and_the_mirror() {
