@@ -78,9 +78,8 @@ type ReadJob = Box<dyn FnOnce(&rusqlite::Connection) + Send>;
 
 /// What the writer is asked to do.
 enum Request {
-    /// An operation, when it was asked for (for the commit statistics), and whether it is a
-    /// write behind ([`Database::call_behind`]: nobody waits for its answer).
-    Run(Job, std::time::Instant, Behind),
+    /// An operation and when it was asked for (for the commit statistics).
+    Run(Job, std::time::Instant),
     /// The checkpointer has copied all but a few frames of a long WAL: copy the rest, so the
     /// next commit starts the log over ([`WAL_CATCH_UP_PAGES`]).
     CatchUpWal,
@@ -89,20 +88,6 @@ enum Request {
     /// Finish what came before, then close the file (and release its lock).
     Close,
 }
-
-/// Whether an operation is a write behind ([`Database::call_behind`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Behind {
-    Yes,
-    No,
-}
-
-/// How long the writer holds a batch of writes behind alone for an operation someone waits
-/// for. A write behind is nearly always followed at once by the operation it was decided
-/// with (a send's turn slot, then its claim); without the wait, a writer woken by the write
-/// behind commits it alone, and the claim behind it, on the way to the sender's `ack`, waits
-/// for that commit and then pays its own (measured at idle: a fifth of the send's time).
-const BEHIND_GRACE: std::time::Duration = std::time::Duration::from_micros(250);
 
 /// What the reader is asked to do.
 enum ReadRequest {
@@ -130,9 +115,6 @@ pub struct Hooks {
     /// whether the batch was committed. After a failed commit the connection is outside any
     /// transaction, on the last committed state (from which a caller reloads what it cached).
     pub after_batch: AfterBatch,
-    /// How long a batch of writes behind alone waits for an operation someone waits for
-    /// ([`BEHIND_GRACE`]; tests lengthen it to see what it does whatever the machine's speed).
-    pub behind_grace: std::time::Duration,
 }
 
 /// [`Hooks::on_open`].
@@ -152,7 +134,6 @@ impl Default for Hooks {
         Hooks {
             on_open: Box::new(|_| Ok(())),
             after_batch: Box::new(|_, _| {}),
-            behind_grace: BEHIND_GRACE,
         }
     }
 }
@@ -189,7 +170,7 @@ impl Database {
         conn.pragma_update(None, "cache_size", -i64::from(writer_cache_kib))?;
         conn.execute_batch(schema)?;
         (hooks.on_open)(&mut conn)?;
-        let (after_batch, behind_grace) = (hooks.after_batch, hooks.behind_grace);
+        let after_batch = hooks.after_batch;
         // Checkpoints are the checkpointer's job, not the commit's.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let reader = open_connection(path)?;
@@ -219,7 +200,7 @@ impl Database {
         spawn(
             "write",
             Box::new(move || {
-                serve(&mut conn, &queued, after_batch.as_ref(), behind_grace);
+                serve(&mut conn, &queued, after_batch.as_ref());
                 // Closed: the next instance may open the file.
                 drop(conn);
                 drop(lock);
@@ -294,7 +275,7 @@ impl Database {
         });
         if self
             .jobs
-            .send(Request::Run(job, std::time::Instant::now(), Behind::Yes))
+            .send(Request::Run(job, std::time::Instant::now()))
             .is_err()
         {
             tracing::warn!(what, "a write behind came after the file was closed");
@@ -323,7 +304,7 @@ impl Database {
             })
         });
         self.jobs
-            .send(Request::Run(job, std::time::Instant::now(), Behind::No))
+            .send(Request::Run(job, std::time::Instant::now()))
             .map_err(|_| E::from(DbError::Closed))?;
         answer.await.map_err(|_| E::from(DbError::Closed))?
     }
@@ -573,15 +554,14 @@ fn serve(
     conn: &mut rusqlite::Connection,
     queued: &mpsc::Receiver<Request>,
     after_batch: &dyn Fn(&rusqlite::Connection, Committed),
-    behind_grace: std::time::Duration,
 ) {
     let thread = std::thread::current().name().unwrap_or("sqlite").to_owned();
     let stats_on = tracing::enabled!(tracing::Level::DEBUG);
     let mut stats = Stats::new();
     let mut closing = false;
     while !closing {
-        let (first, asked, behind) = match queued.recv() {
-            Ok(Request::Run(first, asked, behind)) => (first, asked, behind),
+        let (first, asked) = match queued.recv() {
+            Ok(Request::Run(first, asked)) => (first, asked),
             Ok(Request::RestartWal) => {
                 restart_wal(conn);
                 continue;
@@ -600,36 +580,23 @@ fn serve(
         if stats_on {
             asked_at.push(asked);
         }
-        // Whether every operation of the batch so far is a write behind.
-        let mut only_behind = behind == Behind::Yes;
         let mut restart_wal_after_batch = false;
         let mut catch_up_after_batch = false;
         while batch.len() < MAX_BATCH {
-            let next = match queued.try_recv() {
-                Ok(request) => request,
-                Err(mpsc::TryRecvError::Empty) if only_behind => {
-                    match queued.recv_timeout(behind_grace) {
-                        Ok(request) => request,
-                        // Nobody waits for these: they go alone.
-                        Err(_) => break,
-                    }
-                }
-                Err(_) => break,
-            };
-            match next {
-                Request::Run(job, asked, behind) => {
+            match queued.try_recv() {
+                Ok(Request::Run(job, asked)) => {
                     batch.push(job);
-                    only_behind &= behind == Behind::Yes;
                     if stats_on {
                         asked_at.push(asked);
                     }
                 }
-                Request::RestartWal => restart_wal_after_batch = true,
-                Request::CatchUpWal => catch_up_after_batch = true,
-                Request::Close => {
+                Ok(Request::RestartWal) => restart_wal_after_batch = true,
+                Ok(Request::CatchUpWal) => catch_up_after_batch = true,
+                Ok(Request::Close) => {
                     closing = true;
                     break;
                 }
+                Err(_) => break,
             }
         }
         let started = std::time::Instant::now();
@@ -713,78 +680,6 @@ mod tests {
             Hooks::default(),
         )
         .expect("open")
-    }
-
-    /// A database that counts its batches, whose writes behind wait `grace` for company.
-    fn counting(
-        dir: &tempfile::TempDir,
-        grace: std::time::Duration,
-    ) -> (Database, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        let batches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = batches.clone();
-        let db = Database::open(
-            &dir.path().join("t.sqlite3"),
-            "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
-            256,
-            Hooks {
-                after_batch: Box::new(move |_, _| {
-                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }),
-                behind_grace: grace,
-                ..Hooks::default()
-            },
-        )
-        .expect("open");
-        (db, batches)
-    }
-
-    fn insert(k: i64) -> impl FnOnce(&mut rusqlite::Connection) -> Result<(), DbError> {
-        move |c| {
-            c.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", [k])?;
-            Ok(())
-        }
-    }
-
-    #[tokio::test]
-    async fn a_write_behind_waits_for_the_operation_that_follows_it_and_shares_its_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        // A grace far longer than this test's pauses, so the outcome does not depend on the
-        // machine's speed.
-        let (db, batches) = counting(&dir, std::time::Duration::from_secs(30));
-        db.call_behind("a test row", insert(1));
-        // Long enough for the writer to have taken the write behind and be waiting with it.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert_eq!(batches.load(std::sync::atomic::Ordering::SeqCst), 0);
-        let started = std::time::Instant::now();
-        db.call::<_, DbError>(insert(2)).await.unwrap();
-        assert!(started.elapsed() < std::time::Duration::from_secs(10));
-        assert_eq!(
-            batches.load(std::sync::atomic::Ordering::SeqCst),
-            1,
-            "one commit for both"
-        );
-        let rows: i64 = db
-            .read::<_, DbError>(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
-            .await
-            .unwrap();
-        assert_eq!(rows, 2);
-    }
-
-    #[tokio::test]
-    async fn a_write_behind_alone_is_committed_after_the_grace() {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, batches) = counting(&dir, std::time::Duration::from_millis(20));
-        db.call_behind("a test row", insert(1));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while batches.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            assert!(std::time::Instant::now() < deadline, "never committed");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        let rows: i64 = db
-            .read::<_, DbError>(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
-            .await
-            .unwrap();
-        assert_eq!(rows, 1);
     }
 
     #[tokio::test]

@@ -364,7 +364,6 @@ impl EventLog {
                     lock(&loading).reload(c)
                 }),
                 after_batch: Box::new(move |c, committed| lock(&after).after_batch(c, committed)),
-                ..Hooks::default()
             },
         )?;
         Ok(EventLog {

@@ -301,7 +301,6 @@ impl SqliteChatStore {
                         tracing::error!(%error, "could not reload the connections after a failed commit");
                     }
                 }),
-                ..Hooks::default()
             },
         )?;
         let events = EventLog::open(&path.as_ref().with_extension("events.sqlite3"))?;
