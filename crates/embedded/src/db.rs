@@ -40,8 +40,9 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// microseconds. At 200 ms a quiet server paid that on the first write after nearly every
 /// pause, which is a send's claim (a third of its time to `ack` at idle).
 const QUIET_WAL_PAGES: i64 = 256;
-/// How often a quiet file's WAL is checkpointed (at most this much is then left to grow
-/// unwatched: a few MiB at the busiest load measured).
+/// How often a quiet file's WAL is checkpointed: at most a second's writes go unwatched, and
+/// a file that wrote [`QUIET_WAL_PAGES`] frames by the next pass is back to every
+/// [`CHECKPOINT_EVERY`].
 const QUIET_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// SQLite starts the WAL over (writes from its beginning again) only when a write transaction
 /// finds every frame of it copied back, which a checkpoint on another thread never leaves it
