@@ -235,7 +235,21 @@ describe('code, sidebar, themes and phone', () => {
       await done;
       ws.close();
     });
-    await sleep(3000); // the replies finish
+    // The replies finish before the sidebar loads: a reply stored between its two pages would
+    // move its chat above the first page's cursor (a fixed wait of 3 s was not always enough).
+    await page.evaluate(async () => {
+      const token = localStorage.getItem('chatrun.token');
+      const deadline = Date.now() + 60_000;
+      for (let i = 0; i < 22; i++) {
+        for (;;) {
+          const r = await fetch(`/api/chats/bulk-${i}`, { headers: { Authorization: `Bearer ${token}` } });
+          const chat = r.ok ? await r.json() : null;
+          if (chat?.session && !chat.session.streaming && chat.messages.length === 2) break;
+          if (Date.now() > deadline) throw new Error(`the reply of bulk-${i} did not finish within 60 s`);
+          await new Promise((ok) => setTimeout(ok, 100));
+        }
+      }
+    });
     await page.reload();
     const history = page.getByRole('navigation', { name: 'Chat history' });
     await history.getByRole('link').first().waitFor();
