@@ -2,15 +2,30 @@
 // built by cargo-lambda-cdk (the default), prebuilt and checked, or placeholders that cannot
 // run, which only an explicit context flag (tests, offline synth) or a synth that bundles
 // nothing (`cdk destroy`, `cdk ls`) gets.
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { cargoLambdaVersion } from 'cargo-lambda-cdk';
 import { bootstrapProblems } from './bootstraps.js';
 import { FUNCTION_NAMES, type FunctionCode } from './chatrun-stack.js';
 
+/**
+ * A temporary directory, removed when this process exits: a synth has copied its assets into
+ * `cdk.out` by then, and tests that synth many times would otherwise leave one per synth.
+ */
+const tempDirs: string[] = [];
+function processTempDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  if (tempDirs.push(dir) === 1) {
+    process.once('exit', () => {
+      for (const made of tempDirs) rmSync(made, { recursive: true, force: true });
+    });
+  }
+  return dir;
+}
+
 export function placeholderFunctionAssets(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'chatrun-functions-'));
+  const dir = processTempDir('chatrun-functions-');
   for (const name of FUNCTION_NAMES) {
     mkdirSync(join(dir, name));
     writeFileSync(join(dir, name, 'bootstrap'), '#!/bin/sh\necho "placeholder: build with cargo lambda" >&2\nexit 1\n', { mode: 0o755 });
@@ -19,7 +34,7 @@ export function placeholderFunctionAssets(): string {
 }
 
 export function placeholderWebDist(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'chatrun-web-'));
+  const dir = processTempDir('chatrun-web-');
   writeFileSync(join(dir, 'index.html'), '<!doctype html><title>chatrun</title><p>Build the web app (cd web && npm run build) and deploy again.</p>');
   return dir;
 }

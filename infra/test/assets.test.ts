@@ -2,13 +2,24 @@
 // or oversized builds out of arm64 functions. Bootstraps here are small ELF files written by the
 // test with exactly the header fields and sections the check reads.
 import assert from 'node:assert/strict';
-import { chmodSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { AssetError, chooseAssets } from '../lib/assets.js';
 import { BOOTSTRAP_SIZE_LIMIT_BYTES, bootstrapProblems, inspectBootstrap } from '../lib/bootstraps.js';
 import { FUNCTION_NAMES } from '../lib/chatrun-stack.js';
+
+/** Directories this file made, removed when its tests end. */
+const made: string[] = [];
+function tempDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  made.push(dir);
+  return dir;
+}
+after(() => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
 
 const AARCH64 = 183;
 const X86_64 = 62;
@@ -48,7 +59,7 @@ function elf(machine: number, sections: string[], size = 4096): Buffer {
 const RELEASE = ['.text', '.rodata', '.data'];
 
 function bootstrapDir(make: (name: string) => Buffer | undefined): string {
-  const dir = mkdtempSync(join(tmpdir(), 'chatrun-bootstraps-'));
+  const dir = tempDir('chatrun-bootstraps-');
   for (const name of FUNCTION_NAMES) {
     const content = make(name);
     if (!content) continue;
@@ -59,7 +70,7 @@ function bootstrapDir(make: (name: string) => Buffer | undefined): string {
 }
 
 function repoWithWeb(): string {
-  const root = mkdtempSync(join(tmpdir(), 'chatrun-repo-'));
+  const root = tempDir('chatrun-repo-');
   mkdirSync(join(root, 'web/dist'), { recursive: true });
   writeFileSync(join(root, 'web/dist/index.html'), '<!doctype html>');
   return root;
@@ -67,7 +78,7 @@ function repoWithWeb(): string {
 
 /** Runs `body` with PATH holding only a `cargo` that answers `cargo lambda --version` (or none). */
 function withCargoLambda<T>(installed: boolean, body: () => T): T {
-  const bin = mkdtempSync(join(tmpdir(), 'chatrun-path-'));
+  const bin = tempDir('chatrun-path-');
   if (installed) {
     writeFileSync(join(bin, 'cargo'), '#!/bin/sh\n[ "$1 $2" = "lambda --version" ] && echo "cargo-lambda 1.9.0" && exit 0\nexit 1\n');
     chmodSync(join(bin, 'cargo'), 0o755);
@@ -83,7 +94,7 @@ function withCargoLambda<T>(installed: boolean, body: () => T): T {
 
 describe('bootstrap check', () => {
   it('reads the machine and the sections a release build strips', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'chatrun-elf-'));
+    const dir = tempDir('chatrun-elf-');
     const write = (name: string, content: Buffer) => (writeFileSync(join(dir, name), content), join(dir, name));
     assert.deepEqual(inspectBootstrap(write('arm', elf(AARCH64, RELEASE))), { machine: 'aarch64', unstrippedSections: [], bytes: 4096 });
     assert.equal(inspectBootstrap(write('x86', elf(X86_64, RELEASE))).machine, 'x86_64');
@@ -98,7 +109,7 @@ describe('bootstrap check', () => {
   });
 
   it('refuses x86_64, debug, non-ELF and oversized bootstraps, and accepts an aarch64 release build within budget', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'chatrun-elf-'));
+    const dir = tempDir('chatrun-elf-');
     const write = (name: string, content: Buffer) => (writeFileSync(join(dir, name), content), join(dir, name));
     assert.deepEqual(bootstrapProblems(write('ok', elf(AARCH64, RELEASE, BOOTSTRAP_SIZE_LIMIT_BYTES))), []);
     assert.match(bootstrapProblems(write('x86', elf(X86_64, RELEASE))).join(), /x86_64, not an aarch64 ELF/);
@@ -119,7 +130,7 @@ describe('asset choice', () => {
   });
 
   it('refuses to synthesise without the built page unless placeholders are asked for', () => {
-    const bare = mkdtempSync(join(tmpdir(), 'chatrun-repo-'));
+    const bare = tempDir('chatrun-repo-');
     assert.throws(() => withCargoLambda(true, () => chooseAssets({ repoRoot: bare, placeholders: false, bundling: true })), (e: Error) => e instanceof AssetError && /no built web app/.test(e.message));
     const flagged = chooseAssets({ repoRoot: bare, placeholders: true, bundling: true });
     assert.equal(flagged.functionCode.kind, 'placeholder');
