@@ -11,9 +11,11 @@ bench=target/release/chatrun-bench
 load=(--turns 3 --tokens 85 --rate 30)
 
 echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-echo "== 200 chats: floor, chatrun, Node peer"
-"$bench" run --chats 200 "${load[@]}" --targets floor,chatrun,node "$@"
-echo "== 1,000 chats: floor, chatrun (the Node peer falls over at this size: connect timeouts)"
-"$bench" run --chats 1000 "${load[@]}" --targets floor,chatrun "$@"
+# Three rounds at 200 and 1,000 chats: the medians, since this machine drifts by 10% or more
+# from one minute to the next.
+echo "== 200 chats: floor, chatrun, Node peer (3 rounds)"
+"$bench" run --chats 200 "${load[@]}" --targets floor,chatrun,node --rounds 3 "$@"
+echo "== 1,000 chats: floor, chatrun (3 rounds; the Node peer falls over at this size: connect timeouts)"
+"$bench" run --chats 1000 "${load[@]}" --targets floor,chatrun --rounds 3 "$@"
 echo "== 5,000 chats: floor, chatrun"
 "$bench" run --chats 5000 "${load[@]}" --targets floor,chatrun "$@"

@@ -83,6 +83,12 @@ enum Cmd {
         /// The Node peer's directory (its dependencies are installed with `npm ci` when missing).
         #[arg(long, default_value = "bench/node")]
         node_dir: PathBuf,
+        /// Measure every target this many times, in turn (all of them, then all again), and
+        /// print each figure's median with its range, and each ratio's median over the rounds
+        /// (each round's ratio is taken against the same round's floor): this machine drifts
+        /// by 10% or more from one minute to the next.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// A short run (under 15 s) of chatrun and the floor that checks the benchmark works and that
     /// its figures are sane; exits non-zero otherwise.
@@ -146,7 +152,8 @@ fn main() -> anyhow::Result<()> {
                 targets,
                 chatrun,
                 node_dir,
-            } => run(load, targets, chatrun, node_dir).await,
+                rounds,
+            } => run(load, targets, chatrun, node_dir, rounds.max(1)).await,
             Cmd::Smoke { chatrun } => smoke(chatrun).await,
             Cmd::AwsCost {
                 chatrun,
@@ -204,6 +211,7 @@ async fn run(
     names: Vec<String>,
     chatrun: Vec<String>,
     node_dir: PathBuf,
+    rounds: usize,
 ) -> anyhow::Result<()> {
     let mut targets = Vec::new();
     for name in &names {
@@ -233,13 +241,24 @@ async fn run(
         work.rate,
         work.think_max.as_millis()
     );
-    let mut results = Vec::new();
-    for target in &targets {
-        results.push(measure(target, &work).await?);
-        // Let the machine settle between targets.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut measured = Vec::new();
+    for round in 1..=rounds {
+        if rounds > 1 {
+            eprintln!("round {round} of {rounds}");
+        }
+        let mut results = Vec::new();
+        for target in &targets {
+            results.push(measure(target, &work).await?);
+            // Let the machine settle between targets.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        measured.push(results);
     }
-    println!("{}", stats::table(&work, &results));
+    if let [results] = measured.as_slice() {
+        println!("{}", stats::table(&work, results));
+    } else {
+        println!("{}", stats::rounds_table(&work, &measured));
+    }
     Ok(())
 }
 

@@ -168,18 +168,36 @@ fn num(v: Option<f64>) -> String {
     }
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+fn ratio_of(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => {
-            let r = a / b;
-            if r >= 10.0 {
-                format!("{r:.0}x")
-            } else {
-                format!("{r:.2}x")
-            }
-        }
-        _ => "-".into(),
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
     }
+}
+
+fn show_ratio(r: Option<f64>) -> String {
+    match r {
+        Some(r) if r >= 10.0 => format!("{r:.0}x"),
+        Some(r) => format!("{r:.2}x"),
+        None => "-".into(),
+    }
+}
+
+/// The median of the values present (the mean of the middle two for an even count), with the
+/// smallest and the largest.
+fn median_and_range(values: impl IntoIterator<Item = Option<f64>>) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = values.into_iter().flatten().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    };
+    Some((median, v[0], v[v.len() - 1]))
 }
 
 type Metric = (
@@ -207,59 +225,104 @@ const METRICS: &[Metric] = &[
 /// One markdown table: a column per target, then each target against the floor and the Node
 /// peer against each chatrun.
 pub fn table(work: &Workload, results: &[TargetResult]) -> String {
-    let floor = results.iter().find(|r| r.label == "floor");
-    let node = results.iter().find(|r| r.label == "node");
-    let measured: Vec<&TargetResult> = results
-        .iter()
-        .filter(|r| r.label != "floor" && r.label != "node")
+    render(work, &[results])
+}
+
+/// The table of several rounds (`rounds[round][target]`, every round the same targets in the
+/// same order): each figure's median over the rounds with its range, and each ratio's median
+/// over the rounds, every round's ratio taken within that round.
+pub fn rounds_table(work: &Workload, rounds: &[Vec<TargetResult>]) -> String {
+    let rounds: Vec<&[TargetResult]> = rounds.iter().map(Vec::as_slice).collect();
+    render(work, &rounds)
+}
+
+/// [`table`] for one round, [`rounds_table`] for several.
+fn render(work: &Workload, rounds: &[&[TargetResult]]) -> String {
+    let Some(first) = rounds.first() else {
+        return String::new();
+    };
+    let one = rounds.len() == 1;
+    let labels: Vec<&str> = first.iter().map(|r| r.label.as_str()).collect();
+    let at = |label: &str| labels.iter().position(|l| *l == label);
+    let (floor, node) = (at("floor"), at("node"));
+    let measured: Vec<usize> = (0..labels.len())
+        .filter(|&i| Some(i) != floor && Some(i) != node)
         .collect();
-    let mut header = vec!["".to_owned()];
-    header.extend(results.iter().map(|r| r.label.clone()));
-    let mut ratios: Vec<(String, &TargetResult, &TargetResult)> = Vec::new();
+    // (name, numerator's index, denominator's index)
+    let mut ratios: Vec<(String, usize, usize)> = Vec::new();
     if let Some(floor) = floor {
-        for r in measured.iter().chain(node.iter()) {
-            ratios.push((format!("{} / floor", r.label), r, floor));
+        for &i in measured.iter().chain(node.iter()) {
+            ratios.push((format!("{} / floor", labels[i]), i, floor));
         }
     }
     if let Some(node) = node {
-        for r in &measured {
-            ratios.push((format!("node / {}", r.label), node, r));
+        for &i in &measured {
+            ratios.push((format!("node / {}", labels[i]), node, i));
         }
     }
+    let mut header = vec![String::new()];
+    header.extend(labels.iter().map(|l| l.to_string()));
     header.extend(ratios.iter().map(|(name, _, _)| name.clone()));
     let mut out = String::new();
+    let rounds_note = if one {
+        String::new()
+    } else {
+        format!("; median of {} rounds (range)", rounds.len())
+    };
     let _ = writeln!(
         out,
-        "{} chats x {} turns, {} tokens per reply at {} tokens/s\n",
+        "{} chats x {} turns, {} tokens per reply at {} tokens/s{rounds_note}\n",
         work.chats, work.turns, work.tokens, work.rate
     );
     let _ = writeln!(out, "| {} |", header.join(" | "));
     let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
     for (name, get, show) in METRICS {
         let mut row = vec![name.to_string()];
-        row.extend(results.iter().map(|r| show(get(r))));
-        row.extend(ratios.iter().map(|(_, a, b)| ratio(get(a), get(b))));
+        for i in 0..labels.len() {
+            row.push(match median_and_range(rounds.iter().map(|r| get(&r[i]))) {
+                Some((median, _, _)) if one => show(Some(median)),
+                Some((median, low, high)) => format!(
+                    "{} ({}-{})",
+                    show(Some(median)),
+                    show(Some(low)),
+                    show(Some(high))
+                ),
+                None => show(None),
+            });
+        }
+        for (_, a, b) in &ratios {
+            let per_round = rounds.iter().map(|r| ratio_of(get(&r[*a]), get(&r[*b])));
+            row.push(show_ratio(median_and_range(per_round).map(|(m, _, _)| m)));
+        }
         let _ = writeln!(out, "| {} |", row.join(" | "));
     }
-    let mut row = vec!["turns done (errors)".to_owned()];
-    row.extend(
-        results
-            .iter()
-            .map(|r| format!("{} ({})", r.turns_done, r.errors.len())),
-    );
+    let mut row = vec![if one {
+        "turns done (errors)".to_owned()
+    } else {
+        "turns done (errors), all rounds".to_owned()
+    }];
+    for i in 0..labels.len() {
+        let done: usize = rounds.iter().map(|r| r[i].turns_done).sum();
+        let errors: usize = rounds.iter().map(|r| r[i].errors.len()).sum();
+        row.push(format!("{done} ({errors})"));
+    }
     row.extend(ratios.iter().map(|_| String::new()));
     let _ = writeln!(out, "| {} |", row.join(" | "));
-    let mut row = vec!["load generator CPU s / wall s".to_owned()];
-    row.extend(
-        results
-            .iter()
-            .map(|r| format!("{:.1} / {:.1}", r.client_cpu, r.wall.as_secs_f64())),
-    );
-    row.extend(ratios.iter().map(|_| String::new()));
-    let _ = writeln!(out, "| {} |", row.join(" | "));
-    for r in results {
-        for e in r.errors.iter().take(3) {
-            let _ = writeln!(out, "\n{}: {e}", r.label);
+    if one {
+        let mut row = vec!["load generator CPU s / wall s".to_owned()];
+        row.extend(
+            first
+                .iter()
+                .map(|r| format!("{:.1} / {:.1}", r.client_cpu, r.wall.as_secs_f64())),
+        );
+        row.extend(ratios.iter().map(|_| String::new()));
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    for round in rounds {
+        for r in round.iter() {
+            for e in r.errors.iter().take(3) {
+                let _ = writeln!(out, "\n{}: {e}", r.label);
+            }
         }
     }
     out
@@ -292,4 +355,94 @@ pub fn machine() -> String {
             .collect::<Vec<_>>()
             .join(" ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(label: &str, steady_ms: u32, server_cpu: f64) -> TargetResult {
+        TargetResult {
+            label: label.into(),
+            chats: 10,
+            turns_done: 1000,
+            errors: Vec::new(),
+            burst: vec![steady_ms * 1000],
+            steady: vec![steady_ms * 1000],
+            steady_ack: vec![steady_ms * 500],
+            steady_started: vec![steady_ms * 800],
+            gaps: vec![50_000],
+            words: Vec::new(),
+            server_cpu,
+            client_cpu: 1.0,
+            wall: Duration::from_secs(10),
+            rss_idle_kb: 1000,
+            rss_peak_kb: 1200,
+        }
+    }
+
+    fn work() -> Workload {
+        Workload {
+            chats: 10,
+            turns: 3,
+            tokens: 85,
+            rate: 30.0,
+            think_max: Duration::from_millis(100),
+            verify: false,
+            frame_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn medians_of_figures_and_of_each_rounds_own_ratio() {
+        // The floor drifts from round to round, and chatrun with it.
+        let rounds = vec![
+            vec![result("floor", 1, 1.0), result("chatrun", 3, 2.0)],
+            vec![result("floor", 2, 2.0), result("chatrun", 4, 5.0)],
+            vec![result("floor", 4, 3.0), result("chatrun", 6, 6.0)],
+        ];
+        let table = rounds_table(&work(), &rounds);
+        let row = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(&format!("| {name} |")))
+                .unwrap_or_else(|| panic!("no row {name} in\n{table}"))
+                .to_owned()
+        };
+        assert!(table.contains("median of 3 rounds"), "{table}");
+        assert_eq!(
+            row("steady first token p50"),
+            "| steady first token p50 | 2.00 ms (1.00 ms-4.00 ms) | 4.00 ms (3.00 ms-6.00 ms) | 2.00x |",
+            "per-round ratios 3, 2 and 1.5: their median, not 4 / 2"
+        );
+        assert_eq!(
+            row("CPU s per 1,000 turns"),
+            "| CPU s per 1,000 turns | 2.00 (1.00-3.00) | 5.00 (2.00-6.00) | 2.00x |",
+            "per-round ratios 2, 2.5 and 2"
+        );
+        assert!(row("turns done (errors), all rounds").contains("| 3000 (0) | 3000 (0) |"));
+    }
+
+    #[test]
+    fn one_round_shows_its_figures_without_ranges() {
+        let table = table(
+            &work(),
+            &[result("floor", 1, 1.0), result("chatrun", 3, 2.0)],
+        );
+        assert!(!table.contains("rounds"), "{table}");
+        assert!(
+            table.contains("| steady first token p50 | 1.00 ms | 3.00 ms | 3.00x |"),
+            "{table}"
+        );
+        assert!(table.contains("| load generator CPU s / wall s | 1.0 / 10.0 | 1.0 / 10.0 |"));
+    }
+
+    #[test]
+    fn an_even_count_of_rounds_takes_the_middle_twos_mean() {
+        assert_eq!(
+            median_and_range([Some(4.0), None, Some(1.0), Some(2.0), Some(10.0)]),
+            Some((3.0, 1.0, 10.0))
+        );
+        assert_eq!(median_and_range([None, None]), None);
+    }
 }
