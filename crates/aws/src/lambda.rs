@@ -161,6 +161,8 @@ pub fn services<S: ChatStore + UsageCounters + 'static>(
         store: store.clone(),
         limits: store,
         queue,
+        // DynamoDB and SQS take no write together: the job is queued after the claim.
+        outbox: None,
         connections,
         hooks: Arc::new(NoHooks),
         clock: Arc::new(SystemClock),

@@ -15,7 +15,9 @@ pub trait LifecycleHooks: Send + Sync {
     /// A new chat and its first session were created (first message of a chat).
     async fn on_chat_start(&self, _chat: &Chat, _session: &ChatSession) {}
 
-    /// The user's message is stored and the turn is about to be queued.
+    /// The user's message is stored and the turn is about to be queued, or already queued
+    /// where the backend queues it in the same write as the message (the embedded backend's
+    /// outbox): the reply may be streaming while this runs.
     async fn on_turn_start(&self, _session: &ChatSession, _user_message: &UIMessage) {}
 
     /// The assistant's reply is stored and the session updated (`last_event_id`, `turns`).

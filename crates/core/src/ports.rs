@@ -44,6 +44,30 @@ pub enum ClaimWithMessageError {
         claimed: Box<ChatSession>,
         error: StoreError,
     },
+    /// The turn's job could not be queued ([`TurnOutbox`]): nothing was written.
+    #[error("queueing the turn: {0}")]
+    Job(QueueError),
+}
+
+/// A send's claim, its new message and its turn's job in one write, where the store and the
+/// queue share a writer: an outbox (the embedded backend keeps its queue in the store's file).
+/// Without one, the engine queues the job after the claim, in a write of its own: one more
+/// round trip to the writer between a send and its `ack`, and its first token.
+#[async_trait]
+pub trait TurnOutbox: Send + Sync {
+    /// [`ChatStore::claim_with_message`], with `job` queued in the same write: all of it
+    /// stands, or none of it.
+    /// # Errors
+    /// As `claim_with_message`, and [`ClaimWithMessageError::Job`] when the job could not be
+    /// queued.
+    async fn claim_with_message_and_job(
+        &self,
+        session: &ChatSession,
+        expected_version: Option<u64>,
+        message: &UIMessage,
+        job: &TurnJob,
+        now: Millis,
+    ) -> Result<ChatSession, ClaimWithMessageError>;
 }
 
 /// Durable state: chats, messages, sessions, stream events, connections and subscriptions.

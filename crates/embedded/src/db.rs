@@ -101,6 +101,8 @@ enum ReadRequest {
 /// writer and its commits (the store and the turn queue).
 #[derive(Clone)]
 pub struct Database {
+    /// This opening of the file, to tell whether two handles write through the same writer.
+    id: u64,
     jobs: mpsc::Sender<Request>,
     reads: mpsc::Sender<ReadRequest>,
     /// Dropped (or sent to) to stop the checkpointer.
@@ -215,11 +217,19 @@ impl Database {
             "checkpoint",
             Box::new(move || checkpoint(&checkpointer, &stop_checkpoints, &restart_wal)),
         )?;
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(Database {
+            id: OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             jobs,
             reads,
             checkpoints,
         })
+    }
+
+    /// Whether `other` is a handle to this same opening of the file (one writer, one commit
+    /// for the operations of both).
+    pub fn same_writer(&self, other: &Database) -> bool {
+        self.id == other.id
     }
 
     /// Runs `operation` on the file's thread, atomically (it rolls back alone if it fails), and

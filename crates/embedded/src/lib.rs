@@ -12,17 +12,21 @@
 //! - `usage`: the limits' counters on the store, decided in memory and written behind.
 //! - [`queue`]: `SqliteTurnQueue`, a durable queue with the SQS FIFO semantics run-turn relies
 //!   on: message groups, deduplication ids, visibility timeout, receive counts, dead letters.
+//! - [`outbox`]: `SqliteOutbox`, a send's claim, message and job in one write (the queue is in
+//!   the store's file).
 //! - [`connections`]: `InProcessConnections`, the registry of the gateway's open WebSockets,
 //!   implementing `Connections` the way API Gateway's `@connections` API behaves.
 
 pub mod connections;
 pub mod db;
 mod events;
+pub mod outbox;
 pub mod queue;
 pub mod store;
 mod usage;
 
 pub use connections::{ConnectionInfo, InProcessConnections, Outbound, Outbox};
+pub use outbox::SqliteOutbox;
 pub use queue::SqliteTurnQueue;
 pub use store::SqliteChatStore;
 

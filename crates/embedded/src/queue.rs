@@ -283,6 +283,31 @@ impl SqliteTurnQueue {
         deduplication_id: &str,
         body: &str,
     ) -> Result<(), QueueError> {
+        self.send(self.send_in(group_id, deduplication_id, body))
+            .await
+    }
+
+    /// Runs a send ([`SqliteTurnQueue::send_in`]) as an operation of its own.
+    async fn send(
+        &self,
+        send: impl FnOnce(&rusqlite::Connection) -> Result<Sent, QueueError> + Send + 'static,
+    ) -> Result<(), QueueError> {
+        let sent = self.db.call(move |c| send(c)).await?;
+        self.after_sent(sent);
+        Ok(())
+    }
+
+    /// A turn message's send, to run in a transaction on this queue's file: the operation of
+    /// [`SqliteTurnQueue::send_raw`], which a store write in the same file may carry with its
+    /// own ([`crate::SqliteOutbox`]). Once its transaction is committed, its result goes to
+    /// [`SqliteTurnQueue::after_sent`].
+    pub(crate) fn send_in(
+        &self,
+        group_id: &str,
+        deduplication_id: &str,
+        body: &str,
+    ) -> impl FnOnce(&rusqlite::Connection) -> Result<Sent, QueueError> + Send + 'static + use<>
+    {
         let now = now_millis();
         let (group_id, deduplication_id, body) = (
             group_id.to_owned(),
@@ -291,53 +316,68 @@ impl SqliteTurnQueue {
         );
         let waiting = self.waiting.clone();
         let visibility_timeout = self.visibility_timeout.as_millis() as i64;
-        let sent = self
-            .db
-            .call(move |tx| {
-                tx.execute_cached(
-                    "DELETE FROM queue_deduplication WHERE expires_at <= ?1",
-                    [now],
+        move |tx| {
+            tx.execute_cached(
+                "DELETE FROM queue_deduplication WHERE expires_at <= ?1",
+                [now],
+            )
+            .map_err(queue_error)?;
+            let fresh = tx
+                .execute_cached(
+                    "INSERT INTO queue_deduplication (deduplication_id, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    params![deduplication_id, now + DEDUPLICATION_WINDOW_MS],
                 )
                 .map_err(queue_error)?;
-                let fresh = tx
-                    .execute_cached(
-                        "INSERT INTO queue_deduplication (deduplication_id, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                        params![deduplication_id, now + DEDUPLICATION_WINDOW_MS],
-                    )
-                    .map_err(queue_error)?;
-                if fresh == 0 {
-                    return Ok(Sent::Duplicate);
-                }
-                let message_id = uuid::Uuid::new_v4().to_string();
-                let key = queue_key(QueueName::Turns);
-                tx.execute_cached(
-                    "INSERT INTO queue_messages (queue, message_id, group_id, deduplication_id, body, sent_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![key, message_id, group_id, deduplication_id, body, now],
-                )
-                .map_err(queue_error)?;
-                let seq = tx.last_insert_rowid();
-                if waiting.load(Ordering::Acquire) == 0
-                    || earlier_in_group(tx, key, &group_id, seq).map_err(queue_error)?
-                {
-                    return Ok(Sent::Queued);
-                }
-                let receipt = format!("{seq}.{}", uuid::Uuid::new_v4());
-                tx.execute_cached(
-                    "UPDATE queue_messages SET visible_at = ?2, receive_count = 1, receipt = ?3 WHERE seq = ?1",
-                    params![seq, now + visibility_timeout, receipt],
-                )
-                .map_err(queue_error)?;
-                Ok::<_, QueueError>(Sent::Handed(ReceivedTurn {
-                    message_id,
-                    receipt_handle: receipt,
-                    body,
-                    group_id,
-                    deduplication_id,
-                    receive_count: 1,
-                    sent_at: now,
-                }))
-            })
-            .await?;
+            if fresh == 0 {
+                return Ok(Sent::Duplicate);
+            }
+            let message_id = uuid::Uuid::new_v4().to_string();
+            let key = queue_key(QueueName::Turns);
+            tx.execute_cached(
+                "INSERT INTO queue_messages (queue, message_id, group_id, deduplication_id, body, sent_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![key, message_id, group_id, deduplication_id, body, now],
+            )
+            .map_err(queue_error)?;
+            let seq = tx.last_insert_rowid();
+            if waiting.load(Ordering::Acquire) == 0
+                || earlier_in_group(tx, key, &group_id, seq).map_err(queue_error)?
+            {
+                return Ok(Sent::Queued);
+            }
+            let receipt = format!("{seq}.{}", uuid::Uuid::new_v4());
+            tx.execute_cached(
+                "UPDATE queue_messages SET visible_at = ?2, receive_count = 1, receipt = ?3 WHERE seq = ?1",
+                params![seq, now + visibility_timeout, receipt],
+            )
+            .map_err(queue_error)?;
+            Ok::<_, QueueError>(Sent::Handed(ReceivedTurn {
+                message_id,
+                receipt_handle: receipt,
+                body,
+                group_id,
+                deduplication_id,
+                receive_count: 1,
+                sent_at: now,
+            }))
+        }
+    }
+
+    /// [`SqliteTurnQueue::send_in`] for a turn's job: its JSON, in its chat's message group,
+    /// deduplicated by its turn.
+    pub(crate) fn send_job_in(
+        &self,
+        job: &TurnJob,
+    ) -> Result<
+        impl FnOnce(&rusqlite::Connection) -> Result<Sent, QueueError> + Send + 'static + use<>,
+        QueueError,
+    > {
+        let body = serde_json::to_string(job).map_err(|e| QueueError::Backend(e.to_string()))?;
+        Ok(self.send_in(job.group_id(), &job.deduplication_id(), &body))
+    }
+
+    /// What follows a committed send ([`SqliteTurnQueue::send_in`]): a waiting receive is
+    /// woken, and given the message when the send received it on its behalf.
+    pub(crate) fn after_sent(&self, sent: Sent) {
         match sent {
             Sent::Duplicate => {}
             Sent::Queued => self.wake(QueueName::Turns),
@@ -346,7 +386,11 @@ impl SqliteTurnQueue {
                 self.wake(QueueName::Turns);
             }
         }
-        Ok(())
+    }
+
+    /// Whether this queue's tables are in `store`'s file, written by its writer.
+    pub(crate) fn is_in(&self, store: &SqliteChatStore) -> bool {
+        self.db.same_writer(store.database())
     }
 
     /// Up to `max` messages a send received for a waiting receive ([`SqliteTurnQueue::send_raw`]),
@@ -474,7 +518,7 @@ impl SqliteTurnQueue {
 }
 
 /// What a send did with its message.
-enum Sent {
+pub(crate) enum Sent {
     /// Dropped: a message with its deduplication id was sent within the window.
     Duplicate,
     /// Queued for the next receive.
@@ -586,9 +630,7 @@ impl From<DbError> for QueueError {
 #[async_trait]
 impl TurnQueue for SqliteTurnQueue {
     async fn enqueue(&self, job: &TurnJob) -> Result<(), QueueError> {
-        let body = serde_json::to_string(job).map_err(|e| QueueError::Backend(e.to_string()))?;
-        self.send_raw(job.group_id(), &job.deduplication_id(), &body)
-            .await
+        self.send(self.send_job_in(job)?).await
     }
 }
 

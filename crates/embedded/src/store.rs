@@ -315,6 +315,39 @@ impl SqliteChatStore {
 
     /// The store's file: the turn queue shares it (a clone of the handle), and the usage
     /// counters write behind on it.
+    /// [`ChatStore::claim_with_message`] with `also` in the same operation, once the claim and
+    /// the message stand: its failure undoes both (the operation is one savepoint), and the
+    /// session is mirrored only once all three stand. For a write of another table of this
+    /// file ([`crate::SqliteOutbox`]).
+    pub(crate) async fn claim_with_message_and<T: Send + 'static>(
+        &self,
+        session: &ChatSession,
+        expected_version: Option<u64>,
+        message: &UIMessage,
+        now: Millis,
+        also: impl FnOnce(&rusqlite::Connection) -> Result<T, ClaimWithMessageError> + Send + 'static,
+    ) -> Result<(ChatSession, T), ClaimWithMessageError> {
+        let (stored, body) =
+            versioned(session, expected_version).map_err(ClaimWithMessageError::Session)?;
+        let message_body = to_json(message).map_err(ClaimWithMessageError::Message)?;
+        let message_id = message.id.clone();
+        let mirror = self.mirror.clone();
+        self.db
+            .call(move |c| {
+                write_session(c, &stored, &body, expected_version)
+                    .map_err(ClaimWithMessageError::Session)?;
+                insert_message(c, &stored.chat_id, &message_id, &message_body, now)
+                    .map_err(ClaimWithMessageError::Message)?;
+                let also = also(c)?;
+                // Only now that all stand: a refused message rolls the session back too.
+                mirror_update(&mirror, stored.chat_id.as_str(), |signals| {
+                    signals.session = Some(stored.clone())
+                });
+                Ok((stored, also))
+            })
+            .await
+    }
+
     pub(crate) fn database(&self) -> &Database {
         &self.db
     }
@@ -823,24 +856,9 @@ impl ChatStore for SqliteChatStore {
         message: &UIMessage,
         now: Millis,
     ) -> Result<ChatSession, ClaimWithMessageError> {
-        let (stored, body) =
-            versioned(session, expected_version).map_err(ClaimWithMessageError::Session)?;
-        let message_body = to_json(message).map_err(ClaimWithMessageError::Message)?;
-        let message_id = message.id.clone();
-        let mirror = self.mirror.clone();
-        self.db
-            .call(move |c| {
-                write_session(c, &stored, &body, expected_version)
-                    .map_err(ClaimWithMessageError::Session)?;
-                insert_message(c, &stored.chat_id, &message_id, &message_body, now)
-                    .map_err(ClaimWithMessageError::Message)?;
-                // Only now that both stand: a refused message rolls the session back too.
-                mirror_update(&mirror, stored.chat_id.as_str(), |signals| {
-                    signals.session = Some(stored.clone())
-                });
-                Ok(stored)
-            })
+        self.claim_with_message_and(session, expected_version, message, now, |_| Ok(()))
             .await
+            .map(|(stored, ())| stored)
     }
 
     async fn append_event(&self, event: &StreamEvent) -> Result<(), StoreError> {

@@ -10,10 +10,10 @@ use chatrun_core::config::{ModelCatalog, Settings};
 use chatrun_core::engine::Services;
 use chatrun_core::hooks::NoHooks;
 use chatrun_core::ports::{
-    ChatStore, Connections, JobVisibility, SystemClock, TurnQueue, TurnQueueConsumer,
+    ChatStore, Connections, JobVisibility, SystemClock, TurnOutbox, TurnQueue, TurnQueueConsumer,
     UsageCounters, UuidIds,
 };
-use chatrun_embedded::{InProcessConnections, SqliteChatStore, SqliteTurnQueue};
+use chatrun_embedded::{InProcessConnections, SqliteChatStore, SqliteOutbox, SqliteTurnQueue};
 
 use crate::options::{AwsBackendOptions, BackendKind, ServeOptions};
 
@@ -33,12 +33,14 @@ fn services<S: ChatStore + UsageCounters + 'static>(
     models: Arc<ModelCatalog>,
     store: Arc<S>,
     queue: Arc<dyn TurnQueue>,
+    outbox: Option<Arc<dyn TurnOutbox>>,
     connections: Arc<dyn Connections>,
 ) -> Services {
     Services {
         store: store.clone(),
         limits: store,
         queue,
+        outbox,
         connections,
         hooks: Arc::new(NoHooks),
         clock: Arc::new(SystemClock),
@@ -87,7 +89,16 @@ pub async fn open(
                 );
             }
             Ok(Backend {
-                services: services(settings, models, store.clone(), queue.clone(), sockets),
+                services: services(
+                    settings,
+                    models,
+                    store.clone(),
+                    queue.clone(),
+                    // The queue is in the store's file: a send's job is queued in its claim's
+                    // write.
+                    Some(Arc::new(SqliteOutbox::new(store.clone(), queue.clone())?)),
+                    sockets,
+                ),
                 consumer: queue.clone(),
                 visibility: queue.clone(),
                 close: Arc::new(move || {
@@ -176,6 +187,7 @@ async fn open_aws(
             models,
             Arc::new(DynamoChatStore::new(dynamo, table_name.clone())),
             queue.clone(),
+            None,
             Arc::new(connections),
         ),
         consumer: queue.clone(),

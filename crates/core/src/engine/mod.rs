@@ -23,7 +23,9 @@ use crate::config::{ModelCatalog, Settings};
 use crate::domain::{Chat, ChatId, Connection, Grant, Millis};
 use crate::error::{ChatError, PostError};
 use crate::hooks::LifecycleHooks;
-use crate::ports::{ChatStore, Clock, Connections, IdGenerator, TurnQueue, UsageCounters};
+use crate::ports::{
+    ChatStore, Clock, Connections, IdGenerator, TurnOutbox, TurnQueue, UsageCounters,
+};
 use crate::protocol::ServerFrame;
 
 /// What every handler works with. Built once per process (Lambda cold start, local gateway).
@@ -33,6 +35,9 @@ pub struct Services {
     /// The counters behind the limits (on the same backend as the store).
     pub limits: Arc<dyn UsageCounters>,
     pub queue: Arc<dyn TurnQueue>,
+    /// Where the backend can queue a send's job in its claim's own write (the embedded
+    /// backend); `None`: the job is queued after the claim.
+    pub outbox: Option<Arc<dyn TurnOutbox>>,
     pub connections: Arc<dyn Connections>,
     pub hooks: Arc<dyn LifecycleHooks>,
     pub clock: Arc<dyn Clock>,

@@ -613,6 +613,7 @@ pub fn services(settings: Settings) -> TestServices {
         store: store.clone(),
         limits: store.clone(),
         queue: queue.clone(),
+        outbox: None,
         connections: connections.clone(),
         hooks: Arc::new(NoHooks),
         clock: clock.clone(),

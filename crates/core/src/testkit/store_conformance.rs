@@ -16,7 +16,8 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-fn chat(owner: &str, updated_at: i64) -> Chat {
+/// A chat of `owner` with a fresh random id, last updated at `updated_at`.
+pub fn chat(owner: &str, updated_at: i64) -> Chat {
     Chat {
         id: ChatId::parse(unique("chat")).unwrap(),
         owner_id: owner.into(),
@@ -28,7 +29,9 @@ fn chat(owner: &str, updated_at: i64) -> Chat {
     }
 }
 
-fn session(chat_id: &ChatId) -> ChatSession {
+/// An active session of `chat_id` with a fresh random run id, streaming the turn of user message
+/// `u1` and reply `a1`, never stored (`version` 0).
+pub fn session(chat_id: &ChatId) -> ChatSession {
     ChatSession {
         chat_id: chat_id.clone(),
         run_id: unique("run"),

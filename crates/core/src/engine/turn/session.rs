@@ -3,7 +3,9 @@
 //! stop, or two workers of one job can never both win the same step.
 
 use super::super::{Services, limits};
-use crate::domain::{ChatId, ChatSession, Connection, EndedReason, Millis, SessionStatus, TurnJob};
+use crate::domain::{
+    ChatId, ChatSession, Connection, EndedReason, Millis, SessionStatus, Trigger, TurnJob,
+};
 use crate::error::{ChatError, StoreError};
 use crate::message::UIMessage;
 use crate::ports::ClaimWithMessageError;
@@ -50,6 +52,18 @@ pub struct NewTurn<'a> {
     /// A new user message, appended by the claim's own write (`None`: an edit or a
     /// regeneration, which change the history once the turn is claimed).
     pub message: Option<&'a UIMessage>,
+    /// What asked for the turn (its job's trigger).
+    pub trigger: Trigger,
+}
+
+/// A claimed turn ([`begin_turn`]).
+#[derive(Debug)]
+pub struct BegunTurn {
+    /// The session as stored.
+    pub session: ChatSession,
+    /// The turn's job was queued in the claim's own write ([`crate::ports::TurnOutbox`]):
+    /// the caller must not queue it again.
+    pub job_queued: bool,
 }
 
 /// Marks a turn as started: on the current session, or on a fresh one (new run id and access
@@ -59,19 +73,21 @@ pub struct NewTurn<'a> {
 ///
 /// With a new user message (`turn.message`), the claim's write also appends it
 /// ([`crate::ports::ChatStore::claim_with_message`]: one write where the store allows): a
-/// refused message (`conflict`: already sent) leaves the turn unclaimed.
+/// refused message (`conflict`: already sent) leaves the turn unclaimed. Where the backend has
+/// an outbox ([`Services::outbox`]), that write also queues the turn's job.
 pub async fn begin_turn(
     s: &Services,
     conn: &Connection,
     chat_id: &ChatId,
     turn: NewTurn<'_>,
     now: Millis,
-) -> Result<ChatSession, ChatError> {
+) -> Result<BegunTurn, ChatError> {
     let NewTurn {
         user_message_id,
         assistant_message_id,
         model: turn_model,
         message,
+        trigger,
     } = turn;
     let idle = s.settings.session_idle.as_millis() as i64;
     for _ in 0..CAS_ATTEMPTS {
@@ -132,13 +148,25 @@ pub async fn begin_turn(
                 }
             }
         };
-        let written = match message {
-            None => s
+        let written = match (message, &s.outbox) {
+            (None, _) => s
                 .store
                 .put_session(&next, expected)
                 .await
                 .map_err(ClaimWithMessageError::Session),
-            Some(message) => {
+            (Some(message), Some(outbox)) => {
+                let job = TurnJob {
+                    chat_id: chat_id.clone(),
+                    run_id: next.run_id.clone(),
+                    user_message_id: user_message_id.to_owned(),
+                    assistant_message_id: assistant_message_id.to_owned(),
+                    trigger,
+                };
+                outbox
+                    .claim_with_message_and_job(&next, expected, message, &job, now)
+                    .await
+            }
+            (Some(message), None) => {
                 s.store
                     .claim_with_message(&next, expected, message, now)
                     .await
@@ -153,10 +181,14 @@ pub async fn begin_turn(
         match written {
             Ok(stored) => {
                 release_superseded.await;
-                return Ok(stored);
+                return Ok(BegunTurn {
+                    session: stored,
+                    job_queued: message.is_some() && s.outbox.is_some(),
+                });
             }
             Err(ClaimWithMessageError::Session(StoreError::Conflict(_))) => continue,
             Err(ClaimWithMessageError::Session(e)) => return Err(e.into()),
+            Err(ClaimWithMessageError::Job(e)) => return Err(e.into()),
             Err(ClaimWithMessageError::Message(e)) => {
                 return Err(message_refused(user_message_id, e));
             }
@@ -317,6 +349,7 @@ mod tests {
             t.clock.now(),
         )
         .await
+        .map(|begun| begun.session)
     }
 
     /// A turn on the scripted model without a new message.
@@ -326,6 +359,7 @@ mod tests {
             assistant_message_id,
             model: "scripted",
             message: None,
+            trigger: Trigger::SubmitMessage,
         }
     }
 

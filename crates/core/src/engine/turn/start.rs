@@ -9,7 +9,7 @@
 
 use super::super::{Services, limits};
 use super::session::{
-    NewTurn, begin_turn, is_stale, message_refused, release_turn, update_session,
+    BegunTurn, NewTurn, begin_turn, is_stale, message_refused, release_turn, update_session,
 };
 use crate::config::{MAX_TITLE_CHARS, is_valid_model_id};
 use crate::domain::{Chat, ChatId, Connection, Grant, Trigger, TurnJob};
@@ -183,13 +183,25 @@ async fn start_turn(
         assistant_message_id: &assistant_message_id,
         model: turn_model,
         message: None,
+        trigger: req.trigger,
     };
-    let (session, subscribed) = if let HistoryChange::Append(message) = &change {
-        // A new message is appended by the claim's own write, and the subscription is asked
-        // beside it: one commit of the store on the way to the ack instead of two. A
+    let (
+        BegunTurn {
+            session,
+            job_queued,
+        },
+        subscribed,
+    ) = if let HistoryChange::Append(message) = &change {
+        // A new message is appended by the claim's own write (which also queues the job where
+        // the backend has an outbox), and the subscription is asked beside it: one commit of
+        // the store on the way to the ack instead of two or three. The subscription is polled
+        // first, so its write reaches the store's writer before the claim's: where the writer
+        // takes them in order (the embedded store, whose outbox queues the job with the claim)
+        // it is committed with the claim or before it, never after the job can run. A
         // subscription left by a refused send is the sender's own connection following its own
         // chat (its owner was checked above), and it expires.
-        let (claimed, subscribed) = futures::join!(
+        let (subscribed, claimed) = futures::join!(
+            subscribe,
             begin_turn(
                 s,
                 conn,
@@ -200,11 +212,10 @@ async fn start_turn(
                 },
                 now,
             ),
-            subscribe,
         );
         (claimed?, subscribed)
     } else {
-        let session = begin_turn(s, conn, chat_id, turn, now).await?;
+        let begun = begin_turn(s, conn, chat_id, turn, now).await?;
         // The turn is ours: now change the history, undoing the claim if that fails. The
         // change and the subscription are independent writes, asked at once so they share
         // the store's next commit.
@@ -212,7 +223,7 @@ async fn start_turn(
             futures::join!(apply_change(s, chat_id, &change, now), subscribe);
         if let Err(error) = applied {
             Undo {
-                session: &session,
+                session: &begun.session,
                 assistant_message_id: &assistant_message_id,
                 appended: None,
                 previous_model: None,
@@ -221,7 +232,7 @@ async fn start_turn(
             .await;
             return Err(error);
         }
-        (session, subscribed)
+        (begun, subscribed)
     };
     let mut undo = Undo {
         session: &session,
@@ -249,7 +260,12 @@ async fn start_turn(
         undo.run(s).await;
         return Err(error.into());
     }
+    // Where the job was queued with the claim, a failure above took the claim back: the job
+    // then finds its session no longer running it, and run-turn drops it.
     s.hooks.on_turn_start(&session, change.user_message()).await;
+    if job_queued {
+        return Ok(ack(req, session, user_message_id, assistant_message_id));
+    }
 
     let job = TurnJob {
         chat_id: chat_id.clone(),
@@ -264,14 +280,24 @@ async fn start_turn(
         undo.run(s).await;
         return Err(error.into());
     }
-    Ok(ServerFrame::Ack {
+    Ok(ack(req, session, user_message_id, assistant_message_id))
+}
+
+/// The sender's `ack` of a started turn.
+fn ack(
+    req: &SendMessage,
+    session: crate::domain::ChatSession,
+    user_message_id: String,
+    assistant_message_id: String,
+) -> ServerFrame {
+    ServerFrame::Ack {
         request_id: req.request_id.clone(),
-        chat_id: chat_id.clone(),
+        chat_id: req.chat_id.clone(),
         run_id: session.run_id,
         access_token: session.access_token,
         user_message_id,
         assistant_message_id,
-    })
+    }
 }
 
 /// The model a send's turn uses: the one it names, which must be one of the catalog's; else
