@@ -172,10 +172,11 @@ async fn a_fresh_page_resumes_the_running_turn_from_the_session() {
     read_turn(&mut page, &mut applied).await;
     assert!(
         matches!(
-            applied.chunks[0].1,
-            chatrun_core::chunk::UIMessageChunk::Start { .. }
+            applied.chunks.first(),
+            Some((_, chatrun_core::chunk::UIMessageChunk::Start { .. }))
         ),
-        "the replay starts at the turn's start"
+        "the replay starts at the turn's start; resumed {session}, read {:?}",
+        applied.frames_seen
     );
     let stored = app.chat(chat_id, &token).await;
     assert_eq!(stored["messages"].as_array().unwrap().len(), 4);

@@ -286,6 +286,8 @@ pub struct Applied {
     pub chunks: Vec<(u64, UIMessageChunk)>,
     early: BTreeMap<u64, UIMessageChunk>,
     pub duplicates_dropped: usize,
+    /// Every frame `read_turn` read, in short (type, ids), for failure messages.
+    pub frames_seen: Vec<String>,
 }
 
 impl Applied {
@@ -345,12 +347,34 @@ impl Applied {
 pub async fn read_turn(client: &mut Client, applied: &mut Applied) -> Value {
     loop {
         let frame = client.recv().await;
+        applied.frames_seen.push(frame_summary(&frame));
         match frame["type"].as_str().unwrap() {
             "events" => applied.apply(&frame),
             "turn-complete" => return frame,
             "error" => panic!("error frame during a turn: {frame}"),
             _ => {}
         }
+    }
+}
+
+/// A frame in a few words: its type and the ids that place it (events by their id range).
+pub fn frame_summary(frame: &Value) -> String {
+    match frame["type"].as_str().unwrap_or("?") {
+        "events" => format!(
+            "events {}..+{}{}",
+            frame["firstEventId"],
+            frame["chunks"].as_array().map_or(0, Vec::len),
+            if frame["replay"] == true {
+                " replay"
+            } else {
+                ""
+            }
+        ),
+        "subscribed" => format!(
+            "subscribed run {} from {} through {} streaming {}",
+            frame["runId"], frame["replayFrom"], frame["replayThrough"], frame["streaming"]
+        ),
+        other => other.to_owned(),
     }
 }
 
