@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Applied, TestApp, read_turn, user_and_text};
+use support::{Applied, TestApp, read_turn, read_until_whole, user_and_text};
 
 #[tokio::test]
 async fn a_three_turn_conversation_streams_in_order_and_is_stored() {
@@ -170,6 +170,7 @@ async fn a_fresh_page_resumes_the_running_turn_from_the_session() {
     page.send(json!({"action": "resume", "chatId": chat_id, "runId": session["runId"], "lastEventId": session["lastEventId"]}))
         .await;
     read_turn(&mut page, &mut applied).await;
+    read_until_whole(&mut page, &mut applied).await;
     assert!(
         matches!(
             applied.chunks.first(),

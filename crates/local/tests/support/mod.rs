@@ -378,6 +378,27 @@ pub fn frame_summary(frame: &Value) -> String {
     }
 }
 
+/// Reads on until nothing is held past a gap: a resume's replay is posted by another handler
+/// than the live frames, and may arrive after the turn's `turn-complete` (the web transport
+/// keeps applying it then). A replay that never comes fails on the wait.
+pub async fn read_until_whole(client: &mut Client, applied: &mut Applied) {
+    let deadline = tokio::time::Instant::now() + WAIT / 2;
+    while applied.has_gap() {
+        let Ok(frame) = tokio::time::timeout_at(deadline, client.recv()).await else {
+            panic!(
+                "the gap after event {} was never filled; read {:?}",
+                applied.last, applied.frames_seen
+            );
+        };
+        applied.frames_seen.push(frame_summary(&frame));
+        match frame["type"].as_str().unwrap() {
+            "events" => applied.apply(&frame),
+            "error" => panic!("error frame while waiting for a replay: {frame}"),
+            _ => {}
+        }
+    }
+}
+
 pub fn user_and_text(message: &Value) -> (String, String) {
     let text = message["parts"]
         .as_array()
