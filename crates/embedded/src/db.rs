@@ -181,7 +181,7 @@ impl Database {
         // Page caches per connection (SQLite's default is 2 MiB each): the writer's is its
         // caller's choice; the reader's is small, since what it misses comes from the OS's
         // cache of the file; the checkpointer barely needs one.
-        reader.pragma_update(None, "cache_size", -512)?;
+        reader.pragma_update(None, "cache_size", -256)?;
         let checkpointer = open_connection(path)?;
         checkpointer.pragma_update(None, "cache_size", -128)?;
 

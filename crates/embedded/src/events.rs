@@ -347,8 +347,10 @@ impl EventLog {
             path,
             SCHEMA,
             // The writer's pages are the table's last few and, once a second, one per run in
-            // the index: 1 MiB holds them.
-            1024,
+            // the index. At 1,000 runs those are more pages than any small cache holds, and a
+            // miss is a read from the OS's cache of the file: 256 KiB keeps the table's tail
+            // (1 MiB measured no cheaper in CPU or latency; BENCHMARKS.md).
+            256,
             Hooks {
                 on_open: Box::new(move |c| {
                     let keyed_by_run: bool = c.query_row(
