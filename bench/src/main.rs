@@ -254,11 +254,8 @@ async fn run(
         }
         measured.push(results);
     }
-    if let [results] = measured.as_slice() {
-        println!("{}", stats::table(&work, results));
-    } else {
-        println!("{}", stats::rounds_table(&work, &measured));
-    }
+    // One round prints its figures as they are; several, their medians and ranges.
+    println!("{}", stats::rounds_table(&work, &measured));
     Ok(())
 }
 

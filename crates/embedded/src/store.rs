@@ -314,8 +314,6 @@ impl SqliteChatStore {
         })
     }
 
-    /// The store's file: the turn queue shares it (a clone of the handle), and the usage
-    /// counters write behind on it.
     /// [`ChatStore::claim_with_message`] with `also` in the same operation, once the claim and
     /// the message stand: its failure undoes both (the operation is one savepoint), and the
     /// session is mirrored only once all three stand. For a write of another table of this
@@ -349,6 +347,8 @@ impl SqliteChatStore {
             .await
     }
 
+    /// The store's file: the turn queue shares it (a clone of the handle), and the usage
+    /// counters write behind on it.
     pub(crate) fn database(&self) -> &Database {
         &self.db
     }

@@ -56,6 +56,19 @@ pub struct NewTurn<'a> {
     pub trigger: Trigger,
 }
 
+impl NewTurn<'_> {
+    /// The job that runs this turn on run `run_id`.
+    pub fn job(&self, chat_id: &ChatId, run_id: &str) -> TurnJob {
+        TurnJob {
+            chat_id: chat_id.clone(),
+            run_id: run_id.to_owned(),
+            user_message_id: self.user_message_id.to_owned(),
+            assistant_message_id: self.assistant_message_id.to_owned(),
+            trigger: self.trigger,
+        }
+    }
+}
+
 /// A claimed turn ([`begin_turn`]).
 #[derive(Debug)]
 pub struct BegunTurn {
@@ -87,7 +100,7 @@ pub async fn begin_turn(
         assistant_message_id,
         model: turn_model,
         message,
-        trigger,
+        trigger: _,
     } = turn;
     let idle = s.settings.session_idle.as_millis() as i64;
     for _ in 0..CAS_ATTEMPTS {
@@ -155,13 +168,7 @@ pub async fn begin_turn(
                 .await
                 .map_err(ClaimWithMessageError::Session),
             (Some(message), Some(outbox)) => {
-                let job = TurnJob {
-                    chat_id: chat_id.clone(),
-                    run_id: next.run_id.clone(),
-                    user_message_id: user_message_id.to_owned(),
-                    assistant_message_id: assistant_message_id.to_owned(),
-                    trigger,
-                };
+                let job = turn.job(chat_id, &next.run_id);
                 outbox
                     .claim_with_message_and_job(&next, expected, message, &job, now)
                     .await

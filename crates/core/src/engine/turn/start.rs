@@ -12,7 +12,7 @@ use super::session::{
     BegunTurn, NewTurn, begin_turn, is_stale, message_refused, release_turn, update_session,
 };
 use crate::config::{MAX_TITLE_CHARS, is_valid_model_id};
-use crate::domain::{Chat, ChatId, Connection, Grant, Trigger, TurnJob};
+use crate::domain::{Chat, ChatId, Connection, Grant, Trigger};
 use crate::error::{ChatError, StoreError};
 use crate::message::{Role, UIMessage};
 use crate::protocol::{ChatRequest, SendMessage, ServerFrame};
@@ -267,13 +267,7 @@ async fn start_turn(
         return Ok(ack(req, session, user_message_id, assistant_message_id));
     }
 
-    let job = TurnJob {
-        chat_id: chat_id.clone(),
-        run_id: session.run_id.clone(),
-        user_message_id: user_message_id.clone(),
-        assistant_message_id: assistant_message_id.clone(),
-        trigger: req.trigger,
-    };
+    let job = turn.job(chat_id, &session.run_id);
     if let Err(error) = s.queue.enqueue(&job).await {
         // Without a queued job nothing would ever end this turn: release it, and take back a
         // new message (and a new model) so that sending it again works.
