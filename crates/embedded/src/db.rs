@@ -8,9 +8,7 @@
 //!   alone). Replies are sent only after the commit, so a caller that gets `Ok` knows its write
 //!   is durable (a frame is persisted before it is posted). Under load this is what makes
 //!   persistence cheap: a thousand streaming chats produce frames faster than one commit
-//!   takes, so each commit carries many frames. A batch of writes nobody is in a hurry for
-//!   ([`Urgency::MayWait`]: a frame mid-reply, a write behind) waits up to the file's linger
-//!   for more to share its commit; an urgent write ends the wait at once.
+//!   takes, so each commit carries many frames.
 //! - The **reader** answers reads on its own connection from the last committed state (WAL
 //!   lets it read while the writer writes), so a read never waits behind a batch of other
 //!   chats' frames and its commit. A caller that awaited a write and then reads sees the write:
@@ -31,8 +29,6 @@ use tokio::sync::oneshot;
 
 /// At most this many operations share one commit, so replies are never held back for long.
 const MAX_BATCH: usize = 1024;
-/// The linger of a file whose writer commits whatever it has at once ([`Database::open`]).
-pub const NO_LINGER: std::time::Duration = std::time::Duration::ZERO;
 /// How long opening waits for a file another instance holds.
 const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How often the checkpointer looks at the WAL.
@@ -77,25 +73,14 @@ pub enum DbError {
     Panicked,
 }
 
-/// Whether an operation's commit is awaited by someone on the way to what a user sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Urgency {
-    /// Committed as soon as the writer gets to it (with whatever queued beside it).
-    Now,
-    /// May wait up to the file's linger for more operations to share its commit: a frame in
-    /// the middle of a reply (the next is tens of milliseconds away anyway), a write behind.
-    MayWait,
-}
-
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 type Job = Box<dyn FnOnce(&mut rusqlite::Connection) -> Reply + Send>;
 type ReadJob = Box<dyn FnOnce(&rusqlite::Connection) + Send>;
 
 /// What the writer is asked to do.
 enum Request {
-    /// An operation, when it was asked for (how long it may linger counts from then) and
-    /// whether it may linger.
-    Run(Job, std::time::Instant, Urgency),
+    /// An operation and when it was asked for (for the commit statistics).
+    Run(Job, std::time::Instant),
     /// The checkpointer has copied all but a few frames of a long WAL: copy the rest, so the
     /// next commit starts the log over ([`WAL_CATCH_UP_PAGES`]).
     CatchUpWal,
@@ -119,30 +104,9 @@ pub struct Database {
     /// This opening of the file, to tell whether two handles write through the same writer.
     id: u64,
     jobs: mpsc::Sender<Request>,
-    /// Wakes the writer from a linger when something urgent is queued.
-    writer: std::sync::Arc<WriterWake>,
     reads: mpsc::Sender<ReadRequest>,
     /// Dropped (or sent to) to stop the checkpointer.
     checkpoints: mpsc::Sender<()>,
-}
-
-/// How an urgent request wakes a lingering writer. The writer sets `lingering`, looks at its
-/// queue once more, then parks; a sender queues, then looks at `lingering` and unparks. So
-/// either the writer's last look finds the request or the sender sees it lingering (an unpark
-/// before the park makes the park return at once): an urgent request never waits out a linger.
-/// Requests that may wait do not wake it, which is the point: a thousand frames a second
-/// cost a few wake-ups of the writer, not a thousand.
-struct WriterWake {
-    lingering: std::sync::atomic::AtomicBool,
-    thread: std::thread::Thread,
-}
-
-impl WriterWake {
-    fn urgent_request_queued(&self) {
-        if self.lingering.load(std::sync::atomic::Ordering::SeqCst) {
-            self.thread.unpark();
-        }
-    }
 }
 
 /// What a caller that keeps some of what it wrote in memory needs from the file's writer.
@@ -196,15 +160,12 @@ impl Database {
     /// Opens (creating if needed) the file at `path`, runs `schema` and `hooks.on_open`, and
     /// starts its threads. `writer_cache_kib` is the writer's page cache: the pages its
     /// commits touch, which the caller knows (SQLite's default is 2 MiB per connection).
-    /// `linger` is how long a batch of operations that may wait is held for company
-    /// ([`Urgency::MayWait`]; [`NO_LINGER`] commits everything at once).
     /// # Errors
     /// The file cannot be opened, locked or given the schema.
     pub fn open(
         path: &Path,
         schema: &str,
         writer_cache_kib: u32,
-        linger: std::time::Duration,
         hooks: Hooks,
     ) -> Result<Database, DbError> {
         let lock = lock_file(path)?;
@@ -232,32 +193,22 @@ impl Database {
             std::thread::Builder::new()
                 .name(format!("sqlite-{role}-{name}"))
                 .spawn(run)
-                .map(|handle| handle.thread().clone())
+                .map(drop)
                 .map_err(|e| DbError::Commit(format!("starting a database thread: {e}")))
         };
         let (jobs, queued) = mpsc::channel::<Request>();
         let (reads, queued_reads) = mpsc::channel::<ReadRequest>();
         let (checkpoints, stop_checkpoints) = mpsc::channel::<()>();
         let restart_wal = jobs.clone();
-        // The writer needs its own wake, and the wake needs the writer's thread: handed over
-        // once the thread exists.
-        let (wake_tx, wake_rx) = mpsc::channel::<std::sync::Arc<WriterWake>>();
-        let writer_thread = spawn(
+        spawn(
             "write",
             Box::new(move || {
-                if let Ok(wake) = wake_rx.recv() {
-                    serve(&mut conn, &queued, after_batch.as_ref(), linger, &wake);
-                }
+                serve(&mut conn, &queued, after_batch.as_ref());
                 // Closed: the next instance may open the file.
                 drop(conn);
                 drop(lock);
             }),
         )?;
-        let writer = std::sync::Arc::new(WriterWake {
-            lingering: std::sync::atomic::AtomicBool::new(false),
-            thread: writer_thread,
-        });
-        let _ = wake_tx.send(writer.clone());
         spawn(
             "read",
             Box::new(move || serve_reads(&reader, &queued_reads)),
@@ -270,7 +221,6 @@ impl Database {
         Ok(Database {
             id: OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             jobs,
-            writer,
             reads,
             checkpoints,
         })
@@ -295,8 +245,7 @@ impl Database {
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
-        self.submit(Urgency::Now, move |conn| in_savepoint(conn, operation))
-            .await
+        self.submit(move |conn| in_savepoint(conn, operation)).await
     }
 
     /// [`Database::call`] for an `operation` that is a single SQL statement: SQLite undoes a
@@ -306,22 +255,20 @@ impl Database {
     /// As [`Database::call`].
     pub async fn call_statement<T, E>(
         &self,
-        urgency: Urgency,
         operation: impl FnOnce(&mut rusqlite::Connection) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
-        self.submit(urgency, move |conn| caught(|| operation(conn)))
-            .await
+        self.submit(move |conn| caught(|| operation(conn))).await
     }
 
     /// Queues `operation` for the writer's next batch, atomically as [`Database::call`], and
     /// returns at once (a write behind): for a caller that decided in memory what the file must
     /// hold. The writer runs operations in the order they were queued, so a write the caller
-    /// queues (and awaits) after this one commits with it or after it. Nobody waits for it, so
-    /// it may linger ([`Urgency::MayWait`]). A failure is logged: `what` names the write.
+    /// queues (and awaits) after this one commits with it or after it. A failure is logged:
+    /// `what` names the write.
     pub fn call_behind(
         &self,
         what: &'static str,
@@ -339,11 +286,7 @@ impl Database {
         });
         if self
             .jobs
-            .send(Request::Run(
-                job,
-                std::time::Instant::now(),
-                Urgency::MayWait,
-            ))
+            .send(Request::Run(job, std::time::Instant::now()))
             .is_err()
         {
             tracing::warn!(what, "a write behind came after the file was closed");
@@ -354,7 +297,6 @@ impl Database {
     /// committed (or with the commit's error).
     async fn submit<T, E>(
         &self,
-        urgency: Urgency,
         run: impl FnOnce(&mut rusqlite::Connection) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E>
     where
@@ -373,11 +315,8 @@ impl Database {
             })
         });
         self.jobs
-            .send(Request::Run(job, std::time::Instant::now(), urgency))
+            .send(Request::Run(job, std::time::Instant::now()))
             .map_err(|_| E::from(DbError::Closed))?;
-        if urgency == Urgency::Now {
-            self.writer.urgent_request_queued();
-        }
         answer.await.map_err(|_| E::from(DbError::Closed))?
     }
 
@@ -410,7 +349,6 @@ impl Database {
         let _ = self.checkpoints.send(());
         let _ = self.reads.send(ReadRequest::Close);
         let _ = self.jobs.send(Request::Close);
-        self.writer.urgent_request_queued();
     }
 }
 
@@ -622,63 +560,19 @@ impl Stats {
     }
 }
 
-/// What the writer has taken from its queue for its next transaction.
-struct Batch {
-    jobs: Vec<(Job, Urgency)>,
-    /// When each operation was asked for, kept only for the statistics.
-    asked_at: Vec<std::time::Instant>,
-    /// Whether any operation is urgent ([`Urgency::Now`]): then the batch commits at once.
-    urgent: bool,
-    restart_wal: bool,
-    catch_up_wal: bool,
-    closing: bool,
-}
-
-impl Batch {
-    fn push(&mut self, job: Job, asked: std::time::Instant, urgency: Urgency, stats_on: bool) {
-        self.jobs.push((job, urgency));
-        if stats_on {
-            self.asked_at.push(asked);
-        }
-        self.urgent |= urgency == Urgency::Now;
-    }
-
-    /// Takes what has queued, up to [`MAX_BATCH`] operations.
-    fn take_queued(&mut self, queued: &mpsc::Receiver<Request>, stats_on: bool) {
-        while self.jobs.len() < MAX_BATCH && !self.closing {
-            match queued.try_recv() {
-                Ok(Request::Run(job, asked, urgency)) => self.push(job, asked, urgency, stats_on),
-                Ok(Request::RestartWal) => self.restart_wal = true,
-                Ok(Request::CatchUpWal) => self.catch_up_wal = true,
-                // Closing commits what came before at once.
-                Ok(Request::Close) | Err(mpsc::TryRecvError::Disconnected) => self.closing = true,
-                Err(mpsc::TryRecvError::Empty) => break,
-            }
-        }
-    }
-
-    /// Whether the writer should commit now rather than wait for company.
-    fn complete(&self) -> bool {
-        self.urgent || self.closing || self.jobs.len() >= MAX_BATCH
-    }
-}
-
-/// The thread: take what queued, wait up to `linger` for more when nothing in it is urgent,
-/// run it in one transaction, commit, answer.
+/// The thread: take what queued, run it in one transaction, commit, answer.
 fn serve(
     conn: &mut rusqlite::Connection,
     queued: &mpsc::Receiver<Request>,
     after_batch: &dyn Fn(&rusqlite::Connection, Committed),
-    linger: std::time::Duration,
-    wake: &WriterWake,
 ) {
     let thread = std::thread::current().name().unwrap_or("sqlite").to_owned();
     let stats_on = tracing::enabled!(tracing::Level::DEBUG);
     let mut stats = Stats::new();
     let mut closing = false;
     while !closing {
-        let (first, asked, urgency) = match queued.recv() {
-            Ok(Request::Run(first, asked, urgency)) => (first, asked, urgency),
+        let (first, asked) = match queued.recv() {
+            Ok(Request::Run(first, asked)) => (first, asked),
             Ok(Request::RestartWal) => {
                 restart_wal(conn);
                 continue;
@@ -691,44 +585,34 @@ fn serve(
             }
             Ok(Request::Close) | Err(_) => return,
         };
-        let mut batch = Batch {
-            jobs: Vec::new(),
-            asked_at: Vec::new(),
-            urgent: false,
-            restart_wal: false,
-            catch_up_wal: false,
-            closing: false,
-        };
-        batch.push(first, asked, urgency, stats_on);
-        batch.take_queued(queued, stats_on);
-        if !batch.complete() && !linger.is_zero() {
-            // The first operation may wait until `asked + linger`: park until then, woken early
-            // only by an urgent request (see [`WriterWake`]).
-            let until = asked + linger;
-            wake.lingering
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            loop {
-                batch.take_queued(queued, stats_on);
-                let now = std::time::Instant::now();
-                if batch.complete() || now >= until {
+        let mut batch = vec![first];
+        // When each operation was asked for, kept only for the statistics.
+        let mut asked_at = Vec::new();
+        if stats_on {
+            asked_at.push(asked);
+        }
+        let mut restart_wal_after_batch = false;
+        let mut catch_up_after_batch = false;
+        while batch.len() < MAX_BATCH {
+            match queued.try_recv() {
+                Ok(Request::Run(job, asked)) => {
+                    batch.push(job);
+                    if stats_on {
+                        asked_at.push(asked);
+                    }
+                }
+                Ok(Request::RestartWal) => restart_wal_after_batch = true,
+                Ok(Request::CatchUpWal) => catch_up_after_batch = true,
+                Ok(Request::Close) => {
+                    closing = true;
                     break;
                 }
-                std::thread::park_timeout(until - now);
+                Err(_) => break,
             }
-            wake.lingering
-                .store(false, std::sync::atomic::Ordering::SeqCst);
         }
-        closing = batch.closing;
-        let restart_wal_after_batch = batch.restart_wal;
-        let catch_up_after_batch = batch.catch_up_wal;
-        let asked_at = batch.asked_at;
-        let batch = batch.jobs;
         let started = std::time::Instant::now();
         let begun = exec_cached(conn, "BEGIN IMMEDIATE");
-        let replies: Vec<(Reply, Urgency)> = batch
-            .into_iter()
-            .map(|(job, urgency)| (job(conn), urgency))
-            .collect();
+        let replies: Vec<Reply> = batch.into_iter().map(|job| job(conn)).collect();
         let ran = std::time::Instant::now();
         let committed = begun.and_then(|()| exec_cached(conn, "COMMIT"));
         if stats_on {
@@ -757,13 +641,7 @@ fn serve(
                 Committed::No
             },
         );
-        // The urgent first: each answer wakes a task on the runtime, which runs them in the
-        // order they were woken, and a first token should not queue behind forty frames that
-        // were in no hurry (all of them are committed alike).
-        let (urgent, patient): (Vec<_>, Vec<_>) = replies
-            .into_iter()
-            .partition(|(_, urgency)| *urgency == Urgency::Now);
-        for (reply, _) in urgent.into_iter().chain(patient) {
+        for reply in replies {
             reply(error.as_deref());
         }
         if restart_wal_after_batch {
@@ -792,7 +670,6 @@ fn restart_wal(conn: &rusqlite::Connection) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[derive(Debug)]
     enum TestError {
@@ -811,7 +688,6 @@ mod tests {
             &dir.path().join("t.sqlite3"),
             "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
             256,
-            NO_LINGER,
             Hooks::default(),
         )
         .expect("open")
@@ -892,7 +768,6 @@ mod tests {
             &dir.path().join("t.sqlite3"),
             "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
             256,
-            NO_LINGER,
             Hooks::default(),
         )
         .expect("reopen");
@@ -1054,7 +929,7 @@ mod tests {
                 .map(|i| {
                     let (db, row) = (db.clone(), row.clone());
                     tokio::spawn(async move {
-                        db.call_statement(Urgency::Now, move |c| {
+                        db.call_statement(move |c| {
                             c.execute(
                                 "INSERT INTO t (k, v) VALUES (?1, ?2)",
                                 rusqlite::params![round * 100 + i, row],
@@ -1077,113 +952,6 @@ mod tests {
         );
     }
 
-    /// A file whose writer lingers `linger`, and how many batches it has committed.
-    fn lingering_database(
-        dir: &tempfile::TempDir,
-        linger: std::time::Duration,
-    ) -> (std::sync::Arc<Database>, std::sync::Arc<AtomicUsize>) {
-        let batches = std::sync::Arc::new(AtomicUsize::new(0));
-        let counted = batches.clone();
-        let db = Database::open(
-            &dir.path().join("t.sqlite3"),
-            "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
-            256,
-            linger,
-            Hooks {
-                on_open: Box::new(|_| Ok(())),
-                after_batch: Box::new(move |_, _| {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                }),
-            },
-        )
-        .expect("open");
-        (std::sync::Arc::new(db), batches)
-    }
-
-    fn insert(
-        k: i64,
-    ) -> impl FnOnce(&mut rusqlite::Connection) -> Result<usize, TestError> + Send + 'static {
-        move |c| {
-            c.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", [k])
-                .map_err(|e| TestError::Db(e.to_string()))
-        }
-    }
-
-    /// Queues an insert that may wait, without awaiting it.
-    fn insert_later(
-        db: &std::sync::Arc<Database>,
-        k: i64,
-    ) -> tokio::task::JoinHandle<Result<usize, TestError>> {
-        let db = db.clone();
-        tokio::spawn(async move { db.call_statement(Urgency::MayWait, insert(k)).await })
-    }
-
-    #[tokio::test]
-    async fn operations_that_may_wait_share_one_commit_after_the_linger() {
-        let dir = tempfile::tempdir().unwrap();
-        let linger = std::time::Duration::from_secs(1);
-        let (db, batches) = lingering_database(&dir, linger);
-        let started = std::time::Instant::now();
-        let first = insert_later(&db, 1);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let second = insert_later(&db, 2);
-        assert_eq!(first.await.unwrap().unwrap(), 1);
-        assert_eq!(second.await.unwrap().unwrap(), 1);
-        assert!(
-            started.elapsed() >= linger,
-            "answered after {:?}, before the linger was over",
-            started.elapsed()
-        );
-        assert_eq!(batches.load(Ordering::SeqCst), 1, "one commit for both");
-    }
-
-    #[tokio::test]
-    async fn an_urgent_operation_commits_a_lingering_batch_with_it_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, batches) = lingering_database(&dir, std::time::Duration::from_secs(60));
-        let waiting = insert_later(&db, 1);
-        // The writer has taken the first insert and is lingering by now.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let urgent = db.call(insert(2));
-        let (urgent, waiting) = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-            (urgent.await, waiting.await)
-        })
-        .await
-        .expect("the urgent operation did not wait out the linger");
-        assert_eq!(urgent.unwrap(), 1);
-        assert_eq!(waiting.unwrap().unwrap(), 1);
-        assert_eq!(batches.load(Ordering::SeqCst), 1, "one commit for both");
-    }
-
-    #[tokio::test]
-    async fn closing_commits_a_lingering_batch_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, _) = lingering_database(&dir, std::time::Duration::from_secs(60));
-        let waiting = insert_later(&db, 1);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        db.close();
-        let inserted = tokio::time::timeout(std::time::Duration::from_secs(20), waiting)
-            .await
-            .expect("closing waited out the linger");
-        assert_eq!(inserted.unwrap().unwrap(), 1);
-        let reopened = Database::open(
-            &dir.path().join("t.sqlite3"),
-            "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
-            256,
-            NO_LINGER,
-            Hooks::default(),
-        )
-        .expect("the file is free again");
-        let kept: i64 = reopened
-            .read(|c| {
-                c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-                    .map_err(|e| TestError::Db(e.to_string()))
-            })
-            .await
-            .unwrap();
-        assert_eq!(kept, 1);
-    }
-
     #[tokio::test]
     async fn close_releases_the_file_while_a_handle_remains() {
         let dir = tempfile::tempdir().unwrap();
@@ -1201,7 +969,6 @@ mod tests {
             &dir.path().join("t.sqlite3"),
             "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);",
             256,
-            NO_LINGER,
             Hooks::default(),
         )
         .expect("the file is free again");

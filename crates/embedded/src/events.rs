@@ -19,40 +19,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chatrun_core::chunk::UIMessageChunk;
 use chatrun_core::config::STREAM_EVENT_TTL;
 use chatrun_core::domain::{Millis, StreamEvent};
 use chatrun_core::error::StoreError;
 use rusqlite::{OptionalExtension, params};
 
 use crate::Cached;
-use crate::db::{Committed, Database, Hooks, Urgency};
+use crate::db::{Committed, Database, Hooks};
 use crate::lock;
 use crate::store::{from_json, to_json};
 use crate::store_error;
-
-/// How long a frame in the middle of a reply may wait for other chats' frames to share its
-/// commit. Such a frame comes a frame interval (50 ms) after the last, so 5 ms more is not seen,
-/// while at 1,000 chats streaming each commit carries three times as many frames (a third of
-/// the commits, and of the writer's wake-ups: BENCHMARKS.md).
-const FRAME_LINGER: Duration = Duration::from_millis(5);
-
-/// A frame of deltas only is the middle of a reply and may wait a little for company; one that
-/// starts or ends a reply, a part or a step is committed at once: the first token, the end of
-/// a reply and an error are what a user waits for.
-fn urgency(chunks: &[UIMessageChunk]) -> Urgency {
-    let only_deltas = chunks.iter().all(|chunk| {
-        matches!(
-            chunk,
-            UIMessageChunk::TextDelta { .. } | UIMessageChunk::ReasoningDelta { .. }
-        )
-    });
-    if only_deltas {
-        Urgency::MayWait
-    } else {
-        Urgency::Now
-    }
-}
 
 const SCHEMA: &str = "
 -- Frames in the order they were written (`id` only grows while they are kept).
@@ -375,7 +351,6 @@ impl EventLog {
             // miss is a read from the OS's cache of the file: 256 KiB keeps the table's tail
             // (1 MiB measured no cheaper in CPU or latency; BENCHMARKS.md).
             256,
-            FRAME_LINGER,
             Hooks {
                 on_open: Box::new(move |c| {
                     let keyed_by_run: bool = c.query_row(
@@ -420,12 +395,11 @@ impl EventLog {
         let sweep = self.appended.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY_EVENTS
             == SWEEP_EVERY_EVENTS - 1;
         let unindexed = self.unindexed.clone();
-        let urgency = urgency(&event.chunks);
         // The insert is the operation's only required statement (SQLite undoes it alone if it
         // fails); indexing and sweeping run in savepoints of their own and, should they fail,
         // are tried again later without failing the frame.
         self.db
-            .call_statement(urgency, move |c| {
+            .call_statement(move |c| {
                 let mut memory = lock(&unindexed);
                 if !memory.runs.contains_key(&run_id) {
                     memory.runs.insert(run_id.clone(), RunEntries::default());
@@ -761,40 +735,12 @@ fn sweep_expired(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chatrun_core::chunk::UIMessageChunk;
 
     const DAY_ONE: Millis = 1_800_000_000_000;
 
     fn ttl() -> Millis {
         STREAM_EVENT_TTL.as_millis() as i64
-    }
-
-    #[test]
-    fn a_frame_of_deltas_may_wait_and_one_that_starts_or_ends_a_reply_does_not() {
-        let text = |delta: &str| UIMessageChunk::TextDelta {
-            id: "t".into(),
-            delta: delta.into(),
-            provider_metadata: None,
-        };
-        let thought = UIMessageChunk::ReasoningDelta {
-            id: "r".into(),
-            delta: "hm".into(),
-            provider_metadata: None,
-        };
-        assert_eq!(urgency(&[text("a"), thought, text("b")]), Urgency::MayWait);
-        let start = UIMessageChunk::Start {
-            message_id: Some("m".into()),
-            message_metadata: None,
-        };
-        assert_eq!(urgency(&[start, text("first")]), Urgency::Now);
-        let finish = UIMessageChunk::Finish {
-            finish_reason: None,
-            message_metadata: None,
-        };
-        assert_eq!(urgency(&[text("last"), finish]), Urgency::Now);
-        let error = UIMessageChunk::Error {
-            error_text: "the model stopped".into(),
-        };
-        assert_eq!(urgency(&[error]), Urgency::Now);
     }
 
     /// An event of `chunks` chunks starting at `first_event_id`.

@@ -152,7 +152,6 @@ impl SqliteTurnQueue {
             SCHEMA,
             // A few pages hold what is queued or in flight (a row per turn).
             512,
-            crate::db::NO_LINGER,
             Hooks::default(),
         )?;
         Ok(SqliteTurnQueue::new(

@@ -283,9 +283,6 @@ impl SqliteChatStore {
             // the messages' last pages) fit in 512 KiB at 1,000 chats streaming; 1 MiB
             // measured no cheaper (BENCHMARKS.md).
             512,
-            // Only writes behind may wait (the per-user limits, decided in memory): they ride
-            // with the next write someone awaits, or go on their own after this long.
-            std::time::Duration::from_millis(20),
             Hooks {
                 on_open: Box::new(move |c| {
                     load_usage.reload(c)?;
